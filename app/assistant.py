@@ -1,0 +1,91 @@
+"""The models, loaded once and shared by every conversation (and every server session).
+
+Loading is the slow part of start-up, so it happens here exactly once; a conversation or a one-shot
+`reply` only creates light per-user state (an LLM session with its own KV cache, VAD state, buffers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from app.config import Config, ConversationConfig
+from app.profiles import Profile, resolve_profile
+from app.store import fetch
+
+if TYPE_CHECKING:
+    from llm.session import Session
+
+    from app.conversation import Conversation
+    from asr.whisper import Transcriber
+    from llm.engine import Engine
+    from tts.piper_voice import Voice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Assistant:
+    config: Config
+    profile: Profile
+    transcriber: Transcriber
+    voice: Voice
+    llm: Engine  # target weights, tokenizer and drafter kind, shared by all sessions
+    load_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config: Config) -> Assistant:
+        from asr.whisper import Transcriber
+        from tts.piper_voice import Voice
+
+        profile = resolve_profile(config)
+        offline = config.models.offline
+        times: dict[str, float] = {}
+
+        started = time.perf_counter()
+        transcriber = Transcriber(fetch(profile.asr, offline=offline))
+        times["asr"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        voice = Voice(fetch(profile.tts, offline=offline), length_scale=config.tts.length_scale,
+                      speaker=config.tts.speaker)
+        times["tts"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        llm = load_engine(profile, config, offline=offline)
+        times["llm"] = time.perf_counter() - started
+        log.info("models loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
+        return cls(config, profile, transcriber, voice, llm, times)
+
+    def new_session(self) -> Session:
+        """A fresh LLM chat (own KV cache) with the configured system prompt."""
+        return self.llm.session(system_prompt=self.config.llm.system_prompt)
+
+    def conversation(self, config: ConversationConfig | None = None) -> Conversation:
+        from app.conversation import Conversation
+
+        return Conversation(self, config or self.config.conversation)
+
+
+def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> Engine:
+    """The LLM target and drafter of a profile, on the device and dtype the config and hardware allow."""
+    from llm.engine import Engine
+
+    device, dtype = resolve_backend(profile, config)
+    draft = profile.draft
+    if draft not in ("ngram", "none", ""):
+        draft = str(fetch(draft, offline=offline))
+    return Engine.load(fetch(profile.llm, offline=offline), draft=draft, dtype=dtype, device=device,
+                       k_min=config.llm.k_min, k_max=config.llm.k_max)
+
+
+def resolve_backend(profile: Profile, config: Config):
+    """(device, torch dtype) from the config, falling back to the profile's choice for "auto"."""
+    import torch
+
+    device = profile.device if config.llm.device == "auto" else config.llm.device
+    dtype_name = profile.dtype if config.llm.dtype == "auto" else config.llm.dtype
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return device, dtypes[dtype_name]

@@ -1,0 +1,102 @@
+"""Fused RMSNorm → per-token FP8 quantisation → FP8 projection, in one kernel launch.
+
+Unfused, a decode step normalises the hidden state (write), reads it back to find each token's absmax
+(read), writes the fp8 copy (write) and reads it again in the matmul (read), in three launches. Fused, each
+program reads its tokens' hidden states (tiny at decode: M ≤ 17 rows) and streams its slice of the fp8
+weight once: the weight read is the only traffic that scales with the model, which is what decode is
+bound by.
+
+Semantics (both versions), for x [M, K], norm weight g [K], fp8 weight W [N, K] with row scales s_w [N]:
+    rstd   = 1 / sqrt(mean(x²) + eps)                    (fp32)
+    s_x    = max(|x · g|) · rstd / 448                   (per token; the absmax of the normalised row)
+    q      = fp8(clamp(x · g · (rstd / s_x), ±448))
+    out    = (q @ Wᵀ) · s_x · s_w                         (fp32 accumulate, cast to out_dtype)
+Unlike an unfused HF RMSNorm in bf16, the normalised row is never rounded to bf16 before quantisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.dispatch import resolve_backend
+from kernels.fp8_ops import FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_matmul
+
+
+def rmsnorm_fp8_linear_reference(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype,
+    *,
+    w_dequant: torch.Tensor | None = None,
+    use_scaled_mm: bool | None = None,
+) -> torch.Tensor:
+    """Plain torch: the function the Triton kernel computes (see the module docstring)."""
+    shape = x.shape
+    x32 = x.reshape(-1, shape[-1]).float()
+    g = norm_weight.float()
+    rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    xg = x32 * g
+    scale = (xg.abs().amax(dim=-1, keepdim=True) * rstd / FP8_MAX).clamp_min(MIN_SCALE)
+    q = (xg * (rstd / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    out = fp8_matmul(q, scale, w_q, w_scale, out_dtype, w_dequant=w_dequant, use_scaled_mm=use_scaled_mm)
+    return out.reshape(*shape[:-1], w_q.shape[0])
+
+
+def _kernel():
+    """Imported on first use, so TRITON_INTERPRET set after our import (tests) is honoured."""
+    from kernels import triton_kernels
+
+    return triton_kernels.rmsnorm_fp8_linear_kernel
+
+
+def _pick_blocks(m: int, n: int) -> tuple[int, int, int]:
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    block_n = 64 if n >= 2048 else 32
+    return block_m, block_n, 128
+
+
+def rmsnorm_fp8_linear_triton(
+    x: torch.Tensor, norm_weight: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, eps: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """The fused Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    import triton
+
+    shape = x.shape
+    k = shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    n = w_q.shape[0]
+    if w_q.shape[1] != k or w_q.stride(-1) != 1:
+        raise ValueError(f"fp8 weight must be a contiguous [N, {k}] tensor, got {tuple(w_q.shape)}")
+    m = x2.shape[0]
+    out = torch.empty((m, n), device=x.device, dtype=out_dtype)
+    block_m, block_n, block_k = _pick_blocks(m, n)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _kernel()[grid](
+        x2, norm_weight, w_q, w_scale, out, m, n, k, x2.stride(0), w_q.stride(0), out.stride(0), float(eps),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    )  # fmt: skip
+    return out.reshape(*shape[:-1], n)
+
+
+def rmsnorm_fp8_linear(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype | None = None,
+    *,
+    backend: str = "auto",
+    w_dequant: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RMSNorm(x)·g projected by an fp8 weight: Triton on CUDA, the torch reference elsewhere."""
+    out_dtype = out_dtype or x.dtype
+    if resolve_backend(backend, x) == "triton":
+        return rmsnorm_fp8_linear_triton(x, norm_weight, w_q, w_scale, eps, out_dtype)
+    return rmsnorm_fp8_linear_reference(x, norm_weight, w_q, w_scale, eps, out_dtype, w_dequant=w_dequant)

@@ -1,0 +1,146 @@
+"""Speculative decoding: draft k tokens, verify k+1 positions in one target forward, keep the target's law.
+
+`speculative_step` is the whole algorithm for one step. Its invariant: the target's cache holds
+`context[:-1]` and the last token of `context` is *pending* (not yet fed). The step feeds
+[pending, d1..dk] at position len(context)-1 and gets k+1 rows of logits: row i scores the token after
+d_i (row 0 the token after `pending`). The acceptance rule (llm/sampling.py) keeps a prefix d1..dm and
+draws one more token x from the target (a correction when a draft was rejected, a bonus when all k were
+accepted). The cache then validly holds context + d1..dm, x becomes the new pending token, and the rejected
+positions are rolled back simply by the next step writing from that position: no recomputation.
+
+With k = 0 (or no drafter) the step is plain autoregressive decoding — one 1-token forward per token.
+
+`Engine` bundles what sessions share: the target, its tokenizer, the draft model's weights (if any), the
+drafter kind and the adaptive-k range. Each `Session` gets its own caches and drafter state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llm.drafters import Draft, Drafter, ModelDrafter, NgramDrafter
+from llm.model import KVCache, Transformer
+from llm.sampling import SamplingParams, accept
+
+DRAFTER_KINDS = ("ngram", "model", "none")
+
+
+@dataclass
+class StepResult:
+    tokens: list[int]  # accepted drafts + the target's own token (always >= 1 token)
+    drafted: int
+    accepted: int
+    draft_s: float
+    verify_s: float
+
+
+def speculative_step(
+    target: Transformer,
+    cache: KVCache,
+    context: list[int],
+    drafter: Drafter | None,
+    k: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> StepResult:
+    """One draft/verify step from `context` (its last token pending). Returns the new tokens."""
+    position = len(context) - 1
+    k = max(0, min(k, cache.max_len - len(context)))  # the verify must fit the cache
+    started = time.perf_counter()
+    draft = drafter.propose(context, k, params, generator) if drafter is not None and k > 0 else Draft([])
+    drafted_at = time.perf_counter()
+    logits = target(torch.tensor([context[-1], *draft.tokens]), cache, position)  # [k+1, V]
+    n_accepted, next_token = accept(logits, draft.tokens, draft.q, params, generator)
+    finished = time.perf_counter()
+    return StepResult(
+        tokens=[*draft.tokens[:n_accepted], next_token],
+        drafted=len(draft.tokens),
+        accepted=n_accepted,
+        draft_s=drafted_at - started,
+        verify_s=finished - drafted_at,
+    )
+
+
+class AdaptiveK:
+    """Speculation length per step within [k_min, k_max]: grow after a fully accepted draft, shrink to just
+    past the accepted prefix after a rejection (so a run of rejections costs short, cheap verifies)."""
+
+    def __init__(self, k_min: int, k_max: int, start: int | None = None) -> None:
+        if not 0 <= k_min <= k_max:
+            raise ValueError(f"need 0 <= k_min <= k_max, got {k_min}, {k_max}")
+        self.k_min, self.k_max = k_min, k_max
+        self.k = min(k_max, max(k_min, start if start is not None else k_min + (k_max - k_min) // 2))
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            return  # the drafter had nothing to offer; says nothing about k
+        if accepted == drafted:
+            self.k = min(self.k_max, self.k * 2 if self.k > 0 else 1)
+        else:
+            self.k = max(self.k_min, accepted + 1)
+
+
+@dataclass
+class Engine:
+    """What all sessions share: target weights, tokenizer, draft weights, drafter kind, k range."""
+
+    target: Transformer
+    tokenizer: object
+    drafter_kind: str = "ngram"
+    draft_model: Transformer | None = None
+    k_min: int = 1
+    k_max: int = 16
+
+    def __post_init__(self) -> None:
+        if self.drafter_kind not in DRAFTER_KINDS:
+            raise ValueError(f"drafter must be one of {DRAFTER_KINDS}, got {self.drafter_kind!r}")
+        if self.drafter_kind == "model":
+            if self.draft_model is None:
+                raise ValueError("drafter 'model' needs a draft_model")
+            if self.draft_model.args.vocab_size != self.target.args.vocab_size:
+                raise ValueError("the draft model must share the target's vocabulary")
+        AdaptiveK(self.k_min, self.k_max)  # validates the range
+
+    @property
+    def drafter_name(self) -> str:
+        return self.drafter_kind
+
+    def new_drafter(self, max_len: int) -> Drafter | None:
+        """Per-session drafter state (a draft model's drafter owns a KV cache)."""
+        if self.drafter_kind == "ngram":
+            return NgramDrafter()
+        if self.drafter_kind == "model":
+            return ModelDrafter(self.draft_model, max_len)
+        return None
+
+    def session(self, **kwargs):
+        from llm.session import Session
+
+        return Session(self, **kwargs)
+
+    @classmethod
+    def load(
+        cls,
+        model_path: Path | str,
+        *,
+        draft: str | Path = "ngram",
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        k_min: int = 1,
+        k_max: int = 16,
+    ) -> Engine:
+        """Load the target (HF folder or GGUF) and the drafter: "ngram", "none" or a draft model path."""
+        from llm.loading import load_model
+
+        target, tokenizer = load_model(model_path, dtype=dtype, device=device)
+        draft = str(draft)
+        if draft in ("ngram", "none", ""):
+            return cls(target, tokenizer, draft or "none", None, k_min, k_max)
+        draft_model, draft_tokenizer = load_model(draft, dtype=dtype, device=device)
+        if draft_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"draft model {draft} does not share the target's tokenizer")
+        return cls(target, tokenizer, "model", draft_model, k_min, k_max)
