@@ -46,11 +46,26 @@ def normalize_word(word: str) -> str:
 
 def common_prefix_length(a: list[str], b: list[str]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if normalize_word(x) != normalize_word(y):
             break
         n += 1
     return n
+
+
+def loop_start(words: list[str]) -> int | None:
+    """Where Whisper starts looping: the second copy of a 2+ word phrase said twice in a row, or a new
+    sentence that restarts the utterance from its beginning ('What is X? What is')."""
+    norm = [normalize_word(w) for w in words]
+    n = len(norm)
+    for i in range(n):
+        for length in range(2, (n - i) // 2 + 1):
+            if norm[i : i + length] == norm[i + length : i + 2 * length]:
+                return i + length
+    for j in range(1, n - 1):
+        if words[j - 1][-1:] in ".?!" and n - j >= 2 and norm[j:] == norm[: n - j]:
+            return j
+    return None
 
 
 class ShortWindowDecoder:
@@ -71,14 +86,20 @@ class ShortWindowDecoder:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         duration = audio.size / RATE
         # A cap well above any real speaking rate: running into it means Whisper is looping.
-        cap = int(min(200, 12 + 6 * duration))
+        cap = int(min(200, 10 + 5 * duration))
         text, ids, encoded, frames = self._run(audio, prompt, cap, full=duration + self.pad_s > 29.0)
         full = frames >= FULL_WINDOW_FRAMES
-        if len(ids) >= cap - 1 and not full:
+        if not full and (len(ids) >= cap - 1 or loop_start(text.split()) is not None):
             text, ids, encoded, frames = self._run(audio, prompt, cap, full=True)
             full = True
+        words = text.split()
+        loop = loop_start(words)
+        if loop is not None:  # even the full window loops on trailing noise: keep the first copy
+            words = words[:loop]
+            text = " ".join(words)
+            timestamps = False  # the alignment would cover the dropped copy too
         timed = self._align(ids, encoded, frames) if timestamps and ids else None
-        return DecodeResult(text, text.split(), time.perf_counter() - started, full, timed)
+        return DecodeResult(text, words, time.perf_counter() - started, full, timed)
 
     def _run(self, audio: np.ndarray, prompt: str | None, cap: int, full: bool):
         from faster_whisper.transcribe import get_ctranslate2_storage
@@ -129,6 +150,7 @@ class DecodeJob:
     buffer_start: int  # absolute sample index of audio[0] within the utterance
     end: int  # absolute sample index just after audio[-1]
     timestamps: bool
+    frozen_words: int = 0  # how many trimmed-away words precede the buffer
 
 
 @dataclass
@@ -154,6 +176,7 @@ class StreamingTranscriber:
         self._committed: list[str] = []  # committed words inside the buffer
         self._previous_tail: list[str] | None = None
         self.last_result: DecodeResult | None = None
+        self.last_job: DecodeJob | None = None
         self.last_decoded_end = 0  # absolute sample index the last decode covered
 
     @property
@@ -175,6 +198,7 @@ class StreamingTranscriber:
             buffer_start=self._buffer_start,
             end=self.samples,
             timestamps=self._buffer.size > self.max_buffer_s * RATE,
+            frozen_words=len(self._frozen),
         )
 
     def decode(self, job: DecodeJob) -> DecodeResult:
@@ -183,7 +207,7 @@ class StreamingTranscriber:
 
     def apply(self, job: DecodeJob, result: DecodeResult) -> Partial:
         """LocalAgreement-2 against the previous hypothesis; committed words never change afterwards."""
-        self.last_result = result
+        self.last_result, self.last_job = result, job
         self.last_decoded_end = job.end
         if job.buffer_start != self._buffer_start:  # the buffer was trimmed since: stale hypothesis
             return Partial(self.committed_text, "")
@@ -221,9 +245,10 @@ class StreamingTranscriber:
         self._buffer = self._buffer[cut:]
         self._buffer_start += cut
 
-    def final_text(self, result: DecodeResult | None = None) -> str:
-        """The turn's transcript: trimmed-away words plus the latest decode of what remains."""
-        result = result or self.last_result
-        if result is None:
+    def final_text(self, job: DecodeJob | None = None, result: DecodeResult | None = None) -> str:
+        """The turn's transcript: the words trimmed away before `job`'s buffer plus its decode."""
+        if job is None or result is None:
+            job, result = self.last_job, self.last_result
+        if job is None or result is None:
             return self.committed_text
-        return " ".join(self._frozen + result.words).strip()
+        return " ".join(self._frozen[: job.frozen_words] + result.words).strip()

@@ -29,11 +29,8 @@ class ModelLoadError(RuntimeError):
 
 
 def _cache_root() -> Path:
-    """The specvoice cache (the lead's `app.store.cache_root()` when present)."""
-    try:
-        from app.store import cache_root
-    except ImportError:
-        return Path(os.environ.get("SPECVOICE_HOME", "~/.cache/specvoice")).expanduser()
+    from app.store import cache_root
+
     return Path(cache_root())
 
 

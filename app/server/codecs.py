@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def _alaw_decode_values(codes: np.ndarray) -> np.ndarray:
     return np.where(a & 0x80, magnitude, -magnitude).astype(np.int16)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tables() -> dict[str, np.ndarray]:
     every_sample = np.arange(-32768, 32768, dtype=np.int32)
     every_code = np.arange(256, dtype=np.int32)

@@ -25,7 +25,12 @@ TWILIO = "twilio"
 # Browsers cannot set an Authorization header on a websocket; the Realtime convention is to smuggle the
 # key in a subprotocol. We accept it as a token too (the page uses ?token= instead).
 KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
-STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/worklet.js": "worklet.js"}
+STATIC_FILES = {
+    "/": "index.html",
+    "/index.html": "index.html",
+    "/app.js": "app.js",
+    "/worklet.js": "worklet.js",
+}
 
 
 def endpoint_for(path: str) -> str | None:
@@ -147,11 +152,15 @@ def admit(config: ServerConfig, request: Request, health: dict[str, object]) -> 
         return Admission(text_response(404, "Not Found", f"no page at {path}"))
     endpoint = endpoint_for(path)
     if endpoint is None:
-        return Admission(text_response(404, "Not Found", f"no websocket endpoint at {path}; use /v1/realtime or /twilio"))
+        return Admission(
+            text_response(404, "Not Found", f"no websocket endpoint at {path}; use /v1/realtime or /twilio")
+        )
     if not origin_ok(config, request):
         return Admission(text_response(403, "Forbidden", "origin not allowed (see server.allowed_origins)"))
     if not token_ok(config, request):
-        return Admission(text_response(401, "Unauthorized", "a valid token is required (Authorization: Bearer or ?token=)"))
+        return Admission(
+            text_response(401, "Unauthorized", "a valid token is required (Authorization: Bearer or ?token=)")
+        )
     return Admission(endpoint=endpoint)
 
 

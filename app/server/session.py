@@ -50,7 +50,7 @@ class WireSession:
 
     # --- conversation lifecycle -------------------------------------------------------------------------
     def conversation_config(self, **changes: Any) -> ConversationConfig:
-        return dataclasses.replace(self.server.config.conversation, **changes)
+        return dataclasses.replace(self.server.full_config.conversation, **changes)
 
     async def start_conversation(self, conv_config: ConversationConfig) -> None:
         """(Re)create the conversation; the old one, if any, is closed first so it frees what it holds."""
@@ -87,7 +87,15 @@ class WireSession:
     # --- the connection ---------------------------------------------------------------------------------
     async def run(self) -> None:
         try:
-            await self.open()
+            try:
+                await self.open()
+            except Exception as exc:  # e.g. a model that cannot start a conversation: say so, then close
+                log.exception("%s session: cannot start", self.endpoint)
+                await self.report(
+                    ProtocolError(f"cannot start a session: {type(exc).__name__}: {exc}", "server_error")
+                )
+                await self.ws.close(1011, "cannot start a session")
+                return
             async for message in self.ws:
                 await self.handle(message)
         except ConnectionClosed:
@@ -100,8 +108,11 @@ class WireSession:
         """Parse and dispatch one message; any bad input becomes an error report, never a dead session."""
         limit = self.server.config.max_message_bytes
         if len(message) > limit:
-            await self.report(ProtocolError(f"message of {len(message)} bytes exceeds the {limit}-byte limit",
-                                            "message_too_large"))
+            await self.report(
+                ProtocolError(
+                    f"message of {len(message)} bytes exceeds the {limit}-byte limit", "message_too_large"
+                )
+            )
             return
         try:
             data = json.loads(message)
@@ -117,7 +128,10 @@ class WireSession:
             await self.report(exc, data)
         except ConnectionClosed:
             raise
-        except Exception as exc:  # a bug or a conversation error: the client hears about it, the session lives
+        except ValueError as exc:  # the conversation refused an argument: the client's mistake
+            await self.report(ProtocolError(str(exc), "invalid_value"), data)
+        except Exception as exc:
+            # A bug or a conversation error: the client hears about it, and the session lives on.
             log.exception("%s session: handling a message failed", self.endpoint)
             await self.report(ProtocolError(f"{type(exc).__name__}: {exc}", "server_error"), data)
 

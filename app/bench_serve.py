@@ -1,0 +1,233 @@
+"""`specvoice bench serve`: the server under concurrent load, measured from the outside like a client would.
+
+It starts `specvoice serve` as a separate process (so its RSS is the server's alone), then:
+1. for N = 1, 2, 4, 8 concurrent simulated clients, each streams a spoken question in real time (20 ms chunks)
+   and measures end of the question's audio → first reply audio; p50/p95 per N, and errors (failed
+   connections, error events, replies that are not `completed` or have no audio);
+2. server RSS before and after M sequential short sessions (default 200): each connects, asks a text question,
+   waits for the first reply audio, cancels the reply and disconnects; this is the teardown path that leaks
+   if anything does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUESTION = Path(__file__).resolve().parent.parent / "assets" / "question.wav"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="N = 1, 2 and 20 sequential sessions (a smoke run)"
+    )
+    parser.add_argument("--levels", default="1,2,4,8", help="concurrent clients per level (default 1,2,4,8)")
+    parser.add_argument("--rounds", type=int, default=2, help="questions per client per level (default 2)")
+    parser.add_argument("--sequential", type=int, default=200, help="sequential sessions for the RSS check")
+    parser.add_argument("--question", default=str(QUESTION), help="spoken question to stream")
+    parser.add_argument("--url", help="bench an already running server instead of starting one (no RSS then)")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(np.array(values), q))
+
+
+def _server_command(args: argparse.Namespace, max_sessions: int) -> list[str]:
+    cmd = [sys.executable, "-m", "app.cli"]
+    for flag in ("config", "profile", "device", "dtype"):
+        value = getattr(args, flag, None)
+        if value:
+            cmd += [f"--{flag.replace('_', '-')}", value]
+    for item in getattr(args, "set", []) or []:
+        cmd += ["--set", item]
+    return cmd + ["serve", "--port", "0", "--max-sessions", str(max_sessions)]
+
+
+class ServerProcess:
+    """`specvoice serve` in a child process; knows its port and its RSS."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.cmd = cmd
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def start(self, timeout: float = 600.0) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            match = re.search(r"listening on \S+:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                return
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError(f"the server did not start (exit code {self.proc.poll()})")
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def _one_level(url: str, sessions: int, rounds: int, audio: np.ndarray) -> dict[str, Any]:
+    from app.commands.client import converse
+
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def client(index: int) -> None:
+        for _ in range(rounds):
+            try:
+                result = await converse(url, audio=audio, realtime=True, timeout=120)
+            except Exception as exc:
+                errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+                continue
+            errors.extend(f"client {index}: {m}" for m in result.errors)
+            if result.status != "completed" or not result.reply_audio.size or result.first_audio_ms is None:
+                errors.append(f"client {index}: reply {result.status or 'missing'}")
+            else:
+                latencies.append(result.first_audio_ms)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(sessions)))
+    return {
+        "sessions": sessions,
+        "turns": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "mean_ms": statistics.fmean(latencies) if latencies else None,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+
+
+async def _short_session(url: str) -> bool:
+    """Connect, ask in text, wait for the first reply audio, cancel, disconnect."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url, max_size=None) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Say hello."}],
+                    },
+                }
+            )
+        )
+        await ws.send(json.dumps({"type": "response.create"}))
+        cancelled = False
+        async for raw in ws:
+            kind = json.loads(raw).get("type")
+            if kind == "response.output_audio.delta" and not cancelled:
+                cancelled = True
+                await ws.send(json.dumps({"type": "response.cancel"}))
+            elif kind == "response.done":
+                return True
+    return False
+
+
+async def _bench(args: argparse.Namespace, url: str, server: ServerProcess | None) -> dict[str, Any]:
+    from app.audio import read_audio, to_int16
+
+    audio = to_int16(read_audio(args.question, rate=24000))
+    levels = [1, 2] if args.quick else [int(n) for n in args.levels.split(",") if n.strip()]
+    rounds = 1 if args.quick else args.rounds
+    sequential = 20 if args.quick else args.sequential
+    await _one_level(url, 1, 1, audio)  # warm-up: first-call costs are not latency
+    results = []
+    for n in levels:
+        level = await _one_level(url, n, rounds, audio)
+        results.append(level)
+        print(
+            f"  N={n}: p50 {_fmt(level['p50_ms'])} ms, p95 {_fmt(level['p95_ms'])} ms, "
+            f"errors {level['errors']}",
+            flush=True,
+        )
+    rss_before = server.rss_mb() if server else None
+    failures = 0
+    started = time.perf_counter()
+    for _ in range(sequential):
+        try:
+            ok = await asyncio.wait_for(_short_session(url), 60)
+        except Exception:
+            ok = False
+        failures += not ok
+    seq_wall = time.perf_counter() - started
+    rss_after = server.rss_mb() if server else None
+    return {
+        "levels": results,
+        "rss_mb_before": round(rss_before, 1) if rss_before is not None else None,
+        "rss_mb_after": round(rss_after, 1) if rss_after is not None else None,
+        "sequential_sessions": sequential,
+        "sequential_failures": failures,
+        "sequential_wall_s": round(seq_wall, 1),
+        "sequential_session_kind": "text question, first reply audio, response.cancel, disconnect",
+        "question": Path(args.question).name,
+        "question_s": round(len(audio) / 24000, 2),
+        "latency_definition": "end of the question's audio sent (real-time pacing) -> first reply audio received",
+        "quick": bool(args.quick),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def run(args: argparse.Namespace, config) -> int:
+    server = None
+    url = args.url
+    if url is None:
+        max_sessions = max([8, *[int(n) for n in args.levels.split(",") if n.strip()]]) + 2
+        server = ServerProcess(_server_command(args, max_sessions))
+        print("starting the server (loading models)...", flush=True)
+        server.start()
+        url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+    try:
+        report = asyncio.run(_bench(args, url, server))
+    finally:
+        if server is not None:
+            server.stop()
+    print()
+    print(f"{'sessions':>8} {'turns':>6} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
+    for level in report["levels"]:
+        print(
+            f"{level['sessions']:>8} {level['turns']:>6} {_fmt(level['p50_ms']):>8} {_fmt(level['p95_ms']):>8} "
+            f"{level['errors']:>7}"
+        )
+    if report["rss_mb_before"] is not None:
+        print(
+            f"server RSS {report['rss_mb_before']:.0f} MB before and {report['rss_mb_after']:.0f} MB after "
+            f"{report['sequential_sessions']} sequential sessions ({report['sequential_failures']} failed)"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,559 @@
+"""The real-time conversation loop: one async object per user, shared models underneath.
+
+Audio in (any rate) -> 16 kHz -> Silero VAD frame by frame -> the turn state machine:
+
+* speech onset (`min_speech_ms` voiced) opens an utterance; it is re-decoded every `decode_interval_ms`
+  of new audio and the words two decodes agree on are committed (LocalAgreement-2) and prefilled into
+  the LLM while the user is still talking;
+* after `preemptive_silence_ms` of silence a *preemptive* reply starts: final decode, LLM, Piper, all
+  buffered, not heard;
+* after the hangover (`complete_hangover_ms` when the transcript reads as a finished sentence, else
+  `hangover_ms`) the turn ends: the preemptive decode is reused (only silence came after it), and its
+  reply is played at once; if the user speaks again first, it is dropped without a sound.
+
+Barge-in, the echo guard and the metrics are described in docs/conversation.md. All heavy calls run in
+per-model worker lanes (app/reply_stream.py); the event loop only moves small arrays and flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.config import ConversationConfig
+from app.events import (
+    ErrorEvent,
+    Event,
+    Interrupted,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TranscriptPartial,
+)
+from app.reply_stream import Reply, lanes_for, run_reply
+from asr.streaming import ShortWindowDecoder, StreamingTranscriber, normalize_word
+from asr.vad import FRAME, FRAME_MS, StreamingVAD
+from tts.stream import PieceSynthesizer
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+TURN_DETECTION = ("server_vad", "semantic_vad", None)
+ECHO_POLICIES = ("half_duplex", "full_duplex")
+# A sentence ending in one of these is not finished, whatever punctuation Whisper put after it.
+DANGLING = {
+    "a", "an", "the", "and", "or", "but", "so", "because", "to", "of", "in", "on", "at", "for", "with",
+    "from", "about", "my", "your", "our", "their", "his", "her", "its", "is", "are", "was", "were", "what",
+    "which", "who", "that", "if", "than", "then", "um", "uh", "like", "how", "when", "where", "why", "i",
+}
+
+
+def reads_complete(text: str) -> bool:
+    """True when the transcript ends like a finished sentence ('What time is it?'), not mid-phrase."""
+    text = text.strip()
+    if not text or text[-1] not in ".?!":
+        return False
+    words = [normalize_word(w) for w in text.split()]
+    return bool(words) and words[-1] not in DANGLING
+
+
+class ConversationClosed(RuntimeError):
+    """A call on a conversation after close()."""
+
+
+@dataclass
+class _Utterance:
+    """One stretch of user speech, from onset to endpoint."""
+
+    asr: StreamingTranscriber
+    start_sample: int  # conversation clock at asr sample 0
+    last_voiced_end: int
+    eos_wall: float
+    in_silence: bool = False
+    decode_task: asyncio.Task | None = None
+    preemptive: Reply | None = None
+    pre_decode: asyncio.Task | None = None
+    resumed_after_end: bool = False  # speech started again before this turn's reply was confirmed
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+class Conversation:
+    """See docs/architecture.md (API) and docs/conversation.md (behaviour)."""
+
+    def __init__(self, assistant: Any, config: ConversationConfig | None = None) -> None:
+        self.assistant = assistant
+        self.config = dataclasses.replace(config or assistant.config.conversation)
+        _validate(self.config)
+        self._lanes = lanes_for(assistant)
+        decoder = self._lanes.cache.get("decoder")
+        if decoder is None:
+            decoder = self._lanes.cache["decoder"] = ShortWindowDecoder(assistant.transcriber.model)
+        self._decoder: ShortWindowDecoder = decoder
+        prompt = self.config.system_prompt or assistant.config.llm.system_prompt
+        self._session = assistant.llm.new_session(system_prompt=prompt)
+        self._synth = PieceSynthesizer(assistant.voice, self.config.output_sample_rate)
+        self._vad = StreamingVAD()
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._llm_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self._resamplers: dict[int, Any] = {}
+        self._frame_buf = np.zeros(0, dtype=np.float32)
+        self._clock = 0  # 16 kHz samples received (the conversation's clock)
+        self._preroll: deque[np.ndarray] = deque()
+        self._onset_frames = 0
+        self._muted = False
+        self._utterance: _Utterance | None = None
+        self._finalizing: _Utterance | None = None
+        self._user_prefix = ""  # user text waiting for the next reply (text input, resumed turns)
+        self._want_text: str | None = None
+        self._fed_text: str | None = None
+        self._feeder: asyncio.Task | None = None
+        self._reply: Reply | None = None  # the latest confirmed reply
+        self._replies: dict[str, Reply] = {}
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------------------------------
+    async def push_audio(self, pcm: np.ndarray | bytes | bytearray | memoryview, sample_rate: int) -> None:
+        """Mic audio: float32 in [-1, 1] or int16 ndarray, or int16 little-endian bytes; mono, any rate."""
+        self._check_open()
+        audio = self._to_16k(pcm, sample_rate)
+        self._frame_buf = np.concatenate([self._frame_buf, audio]) if self._frame_buf.size else audio
+        n = self._frame_buf.size // FRAME
+        if n == 0:
+            return
+        frames = self._frame_buf[: n * FRAME].reshape(n, FRAME)
+        self._frame_buf = self._frame_buf[n * FRAME :].copy()
+        if self.config.turn_detection is None:
+            self._clock += n * FRAME
+            self._manual_audio(frames.reshape(-1))
+            return
+        for frame in frames:
+            self._clock += FRAME
+            if self._echo_guard_closed():
+                self._muted = True
+                continue
+            if self._muted:  # the mic was closed: what the VAD remembers is stale
+                self._muted = False
+                self._vad.reset()
+            prob = float(self._vad.process(frame)[0])
+            self._on_frame(frame, prob)
+
+    async def send_text(self, text: str, respond: bool = True) -> None:
+        """A typed user turn (bots); replies unless respond=False (then it waits for respond())."""
+        self._check_open()
+        text = text.strip()
+        if not text:
+            raise ValueError("send_text needs some text")
+        self._interrupt_live()
+        self._user_prefix = f"{self._user_prefix} {text}".strip()
+        if respond:
+            self._start_reply()
+        else:
+            self._feed(self._user_prefix)
+
+    async def commit(self) -> str:
+        """End the user turn now (manual turn detection, or to force it); returns the final transcript."""
+        self._check_open()
+        u = self._utterance
+        if u is None:
+            self._emit(ErrorEvent("there is no uncommitted user audio to commit", "input_audio_buffer_empty"))
+            return ""
+        self._close_utterance(u)
+        return await self._finish_turn(u)
+
+    async def clear_audio(self) -> None:
+        """Drop the uncommitted user audio (and anything prepared from it)."""
+        self._check_open()
+        u, self._utterance = self._utterance, None
+        if u is not None:
+            self._drop_preemptive(u)
+            if self._fed_text:
+                self._feed(self._user_prefix)
+        self._preroll.clear()
+        self._onset_frames = 0
+        self._vad.reset()
+
+    async def respond(self) -> None:
+        """Reply to the history as it stands (after send_text(respond=False) or auto_respond=False)."""
+        self._check_open()
+        if self._reply is not None and not self._reply.cancelled and not self._reply.finished:
+            self._emit(ErrorEvent("a reply is already in progress; cancel() it first", "reply_in_progress"))
+            return
+        self._start_reply()
+
+    async def cancel(self) -> None:
+        """Stop the reply in progress (-> Interrupted with the words already heard)."""
+        self._check_open()
+        if self._utterance is not None:
+            self._drop_preemptive(self._utterance)
+        self._interrupt_live()
+
+    def played(self, reply_id: str, audio_ms: float) -> None:
+        """The sink reports how much of a reply it really played (Realtime truncate, Twilio marks)."""
+        reply = self._replies.get(reply_id)
+        if reply is not None and audio_ms >= 0:
+            reply.reported_played_ms = max(reply.reported_played_ms or 0.0, float(audio_ms))
+
+    def update(self, **changes: Any) -> None:
+        """Change turn-taking settings mid-conversation (e.g. turn_detection=None for manual commit)."""
+        self._check_open()
+        unknown = set(changes) - {f.name for f in dataclasses.fields(ConversationConfig)}
+        if unknown:
+            raise ValueError(f"unknown conversation setting(s): {', '.join(sorted(unknown))}")
+        if "output_sample_rate" in changes or "system_prompt" in changes:
+            raise ValueError("output_sample_rate and system_prompt are fixed when the conversation starts")
+        config = dataclasses.replace(self.config, **changes)
+        _validate(config)
+        if config.turn_detection != self.config.turn_detection and self._utterance is not None:
+            self._drop_preemptive(self._utterance)
+        self.config = config
+
+    async def events(self):
+        """Typed events (app/events.py) until close()."""
+        while (event := await self._queue.get()) is not None:
+            yield event
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for reply in self._replies.values():
+            reply.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue.put_nowait(None)
+
+    async def settle(self) -> None:
+        """Wait for the transcription work already started on the current utterance (not for replies).
+
+        Lets a caller that pushes audio faster than real time (tests, file streaming) keep ASR in step
+        with the audio by awaiting work instead of sleeping."""
+        u = self._utterance or self._finalizing
+        while u is not None:
+            pending = [t for t in (u.decode_task, u.pre_decode) if t is not None and not t.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending)
+            u = self._utterance or self._finalizing
+
+    @property
+    def session(self) -> Any:
+        """The LLM session (history) of this conversation."""
+        return self._session
+
+    # -- input side ----------------------------------------------------------------------------------
+    def _to_16k(self, pcm: Any, sample_rate: int) -> np.ndarray:
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if isinstance(pcm, (bytes, bytearray, memoryview)):
+            if len(pcm) % 2:
+                raise ValueError("int16 PCM bytes must have an even length")
+            x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        elif isinstance(pcm, np.ndarray):
+            if pcm.ndim == 2 and 1 in pcm.shape:
+                pcm = pcm.reshape(-1)
+            if pcm.ndim != 1:
+                raise ValueError(f"audio must be mono (1-D), got shape {pcm.shape}")
+            if pcm.dtype == np.int16:
+                x = pcm.astype(np.float32) / 32768.0
+            elif np.issubdtype(pcm.dtype, np.floating):
+                x = np.nan_to_num(pcm.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+            else:
+                raise ValueError(f"audio must be float or int16, got {pcm.dtype}")
+        else:
+            raise TypeError(f"audio must be a numpy array or bytes, got {type(pcm).__name__}")
+        if sample_rate == RATE:
+            return x
+        import soxr
+
+        stream = self._resamplers.get(sample_rate)
+        if stream is None:
+            stream = self._resamplers[sample_rate] = soxr.ResampleStream(sample_rate, RATE, 1, dtype="float32")
+        return stream.resample_chunk(x).astype(np.float32, copy=False)
+
+    def _echo_guard_closed(self) -> bool:
+        """half_duplex: while the assistant's voice may be coming out of the speaker, the mic is ignored."""
+        if self.config.echo_policy != "half_duplex" or self._utterance is not None or self._reply is None:
+            return False
+        return self._reply.playing(tail_ms=self.config.echo_tail_ms)
+
+    def _on_frame(self, frame: np.ndarray, prob: float) -> None:
+        cfg = self.config
+        voiced = prob >= cfg.vad_threshold
+        silent = prob < max(cfg.vad_threshold - 0.15, 0.01)
+        u = self._utterance
+        if u is None:
+            self._preroll.append(frame)
+            while len(self._preroll) * FRAME_MS > cfg.preroll_ms + cfg.min_speech_ms:
+                self._preroll.popleft()
+            self._onset_frames = self._onset_frames + 1 if voiced else 0
+            if self._onset_frames * FRAME_MS >= cfg.min_speech_ms:
+                self._start_utterance()
+            return
+        u.asr.append(frame)
+        if voiced or (not silent and not u.in_silence):
+            u.last_voiced_end, u.eos_wall = self._clock, time.perf_counter()
+            if u.in_silence:  # the user resumed: whatever was prepared for this silence is stale
+                u.in_silence = False
+                self._drop_preemptive(u)
+            self._maybe_decode(u)
+            return
+        u.in_silence = True
+        silence_ms = (self._clock - u.last_voiced_end) * 1000.0 / RATE
+        if u.preemptive is None and cfg.preemptive and cfg.auto_respond and silence_ms >= cfg.preemptive_silence_ms:
+            self._start_preemptive(u)
+        if silence_ms >= self._hangover_ms(u):
+            self._close_utterance(u)
+            self._spawn(self._finish_turn(u))
+
+    def _start_utterance(self) -> None:
+        onset = self._clock - self._onset_frames * FRAME
+        start = self._clock - len(self._preroll) * FRAME
+        u = _Utterance(StreamingTranscriber(self._decoder), start, self._clock, time.perf_counter())
+        for frame in self._preroll:
+            u.asr.append(frame)
+        self._preroll.clear()
+        self._onset_frames = 0
+        self._utterance = u
+        if self._finalizing is not None:
+            self._finalizing.resumed_after_end = True
+        self._emit(SpeechStarted(round(onset * 1000.0 / RATE, 1)))
+        if self.config.barge_in:
+            self._interrupt_live()
+        self._maybe_decode(u)
+
+    def _manual_audio(self, audio: np.ndarray) -> None:
+        """turn_detection=None: every sample belongs to the user turn until commit() or clear_audio()."""
+        u = self._utterance
+        if u is None:
+            u = self._utterance = _Utterance(
+                StreamingTranscriber(self._decoder), self._clock - audio.size, self._clock, time.perf_counter()
+            )
+        u.asr.append(audio)
+        u.last_voiced_end, u.eos_wall = self._clock, time.perf_counter()
+        self._maybe_decode(u)
+
+    def _hangover_ms(self, u: _Utterance) -> float:
+        text = u.asr.final_text()
+        if reads_complete(text):
+            return self.config.complete_hangover_ms
+        if self.config.turn_detection == "semantic_vad":  # unfinished phrase: give the user more time
+            return min(2 * self.config.hangover_ms, 2000)
+        return self.config.hangover_ms
+
+    # -- transcription ---------------------------------------------------------------------------------
+    def _maybe_decode(self, u: _Utterance) -> None:
+        if u.decode_task is not None or u.in_silence or u is not self._utterance:
+            return
+        if (u.asr.samples - u.asr.last_decoded_end) * 1000.0 / RATE >= self.config.decode_interval_ms:
+            u.decode_task = self._spawn(self._decode_partial(u))
+
+    async def _decode_partial(self, u: _Utterance) -> None:
+        job = u.asr.snapshot()
+        result = await self._lanes.asr.run(u.asr.decode, job)
+        u.decode_task = None
+        if u is not self._utterance or self._closed:
+            return
+        partial = u.asr.apply(job, result)
+        self._emit(TranscriptPartial(partial.committed, partial.tentative))
+        if partial.new_words and u.preemptive is None:
+            self._feed(f"{self._user_prefix} {partial.committed}".strip())
+        self._maybe_decode(u)
+
+    async def _decode_now(self, u: _Utterance) -> str:
+        """Decode everything heard so far; the transcript the turn (and its reply) will use."""
+        job = u.asr.snapshot()
+        started = time.perf_counter()
+        result = await self._lanes.asr.run(u.asr.decode, job)
+        u.marks["asr_final_ms"] = round(1000.0 * (time.perf_counter() - started), 1)
+        u.asr.apply(job, result)
+        return f"{self._user_prefix} {u.asr.final_text(job, result)}".strip()
+
+    # -- turn end and replies ------------------------------------------------------------------------
+    def _start_preemptive(self, u: _Utterance) -> None:
+        reply = self._new_reply(confirmed=False, preemptive=True)
+        u.preemptive = reply
+        u.pre_decode = self._spawn(self._decode_now(u))
+        reply.task = self._spawn(self._run_preemptive(u, reply))
+
+    async def _run_preemptive(self, u: _Utterance, reply: Reply) -> None:
+        text = await asyncio.shield(u.pre_decode)
+        if reply.cancelled or not text:
+            return
+        reply.user_text = text
+        await self._run(reply)
+
+    def _close_utterance(self, u: _Utterance) -> None:
+        """The endpoint decision (synchronous, so the next frame already belongs to the next turn)."""
+        self._utterance = None
+        self._finalizing = u
+        u.marks["endpoint"] = time.perf_counter()
+        if self.config.turn_detection is not None:
+            self._emit(SpeechStopped(round(u.last_voiced_end * 1000.0 / RATE, 1)))
+
+    async def _finish_turn(self, u: _Utterance) -> str:
+        """Final transcript, then play the preemptive reply or start one."""
+        pre = u.preemptive
+        if pre is not None and not pre.cancelled and u.pre_decode is not None:
+            # Only silence came after the preemptive decode: reuse it (same transcript), no new decode.
+            text = await asyncio.shield(u.pre_decode)
+            pre.user_text = text
+        else:
+            self._drop_preemptive(u)
+            text = await self._decode_now(u)
+        if self._finalizing is u:
+            self._finalizing = None
+        self._emit(TranscriptFinal(text))
+        if not text:
+            self._drop_preemptive(u)
+            return text
+        if u.resumed_after_end or not self.config.auto_respond:
+            # The user went on talking (or the app replies itself): keep the words for the next turn.
+            self._drop_preemptive(u)
+            self._user_prefix = text
+            self._feed(text)
+            return text
+        self._user_prefix = ""
+        if u.preemptive is not None and not u.preemptive.cancelled and u.preemptive.user_text == text:
+            reply = u.preemptive
+            self._adopt(reply, u)
+            reply.confirm()
+        else:
+            self._drop_preemptive(u)
+            reply = self._new_reply(confirmed=True, preemptive=False, user_text=text)
+            self._adopt(reply, u)
+            reply.task = self._spawn(self._run(reply))
+        return text
+
+    def _adopt(self, reply: Reply, u: _Utterance) -> None:
+        """`reply` answers utterance `u`: it becomes the live reply and carries the turn's timings."""
+        reply.marks["eos"] = u.eos_wall
+        reply.marks["endpoint"] = u.marks["endpoint"]
+        if "asr_final_ms" in u.marks:
+            reply.numbers["asr_final_ms"] = u.marks["asr_final_ms"]
+        self._reply = reply
+
+    def _start_reply(self) -> None:
+        text, self._user_prefix = self._user_prefix, ""
+        reply = self._new_reply(confirmed=True, preemptive=False, user_text=text or None)
+        self._reply = reply
+        reply.task = self._spawn(self._run(reply))
+
+    def _new_reply(self, confirmed: bool, preemptive: bool, user_text: str | None = None) -> Reply:
+        reply = Reply(self._emit, confirmed, user_text, preemptive=preemptive, clock_ms=self._clock_ms)
+        self._replies[reply.id] = reply
+        while len(self._replies) > 16:
+            self._replies.pop(next(iter(self._replies)))
+        return reply
+
+    async def _run(self, reply: Reply) -> None:
+        self._want_text = None  # the reply closes the user turn with its own text
+        llm = self.assistant.config.llm
+        from llm.sampling import SamplingParams
+
+        sampling = SamplingParams(llm.temperature, llm.top_k, llm.top_p)
+        max_tokens = self.config.max_reply_tokens or llm.max_reply_tokens
+        await run_reply(reply, self._session, self._lanes, self._llm_lock, self._synth, max_tokens, sampling)
+        self._fed_text = None  # the session's user turn was closed by the reply
+
+    def _drop_preemptive(self, u: _Utterance) -> None:
+        reply, u.preemptive, u.pre_decode = u.preemptive, None, None
+        if reply is None or reply.cancelled:
+            return
+        reply.discarded = True
+        reply.cancel()
+        self._spawn(self._forget(reply))
+
+    async def _forget(self, reply: Reply) -> None:
+        async with self._llm_lock:
+            if reply.prepared:
+                await self._lanes.llm.run(self._session.discard_reply)
+                self._fed_text = None
+
+    def _live_reply(self) -> Reply | None:
+        reply = self._reply
+        if reply is None or reply.cancelled or not (not reply.finished or reply.playing()):
+            return None
+        return reply
+
+    def _interrupt_live(self) -> None:
+        reply = self._live_reply()
+        if reply is None:
+            return
+        heard = reply.heard_text()
+        reply.spoken_text, reply.interrupted = heard, True
+        reply.cancel()
+        reply.numbers["played_ms"] = round(reply.played_ms(), 1)
+        self._emit(Interrupted(reply.id, heard))
+        reply.send_metrics()
+        self._spawn(self._truncate(reply, heard))
+
+    async def _truncate(self, reply: Reply, heard: str) -> None:
+        async with self._llm_lock:  # queued behind the generation it cut short
+            if reply.prepared:
+                await self._lanes.llm.run(self._session.truncate_reply, heard)
+                self._fed_text = None
+
+    def _feed(self, text: str) -> None:
+        """Prefill the user's words into the LLM while they speak (latest text wins, one call at a time)."""
+        self._want_text = text
+        if self._feeder is None or self._feeder.done():
+            self._feeder = self._spawn(self._feed_loop())
+
+    async def _feed_loop(self) -> None:
+        while (want := self._want_text) is not None and want != self._fed_text:
+            async with self._llm_lock:
+                if want != self._want_text:  # superseded while waiting (newer words, or a reply took the turn)
+                    continue
+                await self._lanes.llm.run(self._session.revise, want)
+            self._fed_text = want
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _clock_ms(self) -> float:
+        return self._clock * 1000.0 / RATE
+
+    def _emit(self, event: Event) -> None:
+        if not self._closed:
+            self._queue.put_nowait(event)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self._closed:
+            log.error("conversation task failed", exc_info=exc)
+            self._emit(ErrorEvent(f"{type(exc).__name__}: {exc}", "internal_error"))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConversationClosed("the conversation is closed")
+
+
+def _validate(config: ConversationConfig) -> None:
+    if config.turn_detection not in TURN_DETECTION:
+        raise ValueError(f"turn_detection must be one of {TURN_DETECTION}, got {config.turn_detection!r}")
+    if config.echo_policy not in ECHO_POLICIES:
+        raise ValueError(f"echo_policy must be one of {ECHO_POLICIES}, got {config.echo_policy!r}")
+    if config.output_sample_rate <= 0:
+        raise ValueError("output_sample_rate must be positive")
+    if not 0.0 < config.vad_threshold < 1.0:
+        raise ValueError("vad_threshold must be between 0 and 1")
+    for name in ("hangover_ms", "complete_hangover_ms", "min_speech_ms", "preemptive_silence_ms",
+                 "decode_interval_ms", "preroll_ms", "echo_tail_ms"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must not be negative")

@@ -1,0 +1,246 @@
+"""One spoken reply: LLM deltas -> segmenter -> Piper, each stage in its own compute lane, with a gate.
+
+A `Reply` buffers its events until it is *confirmed*: a preemptive reply (started at the first silence,
+before the turn is known to be over) is generated and synthesised in the background and either played at
+once when the turn ends with the same transcript, or dropped without a sound. Once cancelled, a reply
+emits nothing more. It also remembers which text went into which stretch of audio, so a barge-in can
+be mapped back to the words the listener actually heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.events import Event, Metrics, ReplyAudio, ReplyDone, ReplyStarted, ReplyTextDelta
+from tts.segmenter import Segmenter
+from tts.stream import PieceSynthesizer, words_heard
+
+_ids = itertools.count(1)
+_lanes_lock = threading.Lock()
+
+
+class Lane:
+    """A single worker thread: calls on one model run one at a time, in order, off the event loop.
+
+    One thread per model (ASR, LLM, TTS) and per process: conversations share the models, so their heavy
+    calls queue here instead of oversubscribing 2 cores, while Piper can still speak piece n while the
+    LLM writes piece n+1. Always the same thread, so thread-local state (torch grad mode) is stable.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"specvoice-{name}")
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+
+@dataclass
+class Lanes:
+    asr: Lane
+    llm: Lane
+    tts: Lane
+    cache: dict[str, Any] = field(default_factory=dict)  # per-assistant helpers (e.g. the ASR decoder)
+
+
+def lanes_for(assistant: Any) -> Lanes:
+    """The lanes shared by every conversation of one Assistant (kept on it, created on first use)."""
+    with _lanes_lock:
+        lanes = getattr(assistant, "_specvoice_lanes", None)
+        if lanes is None:
+            lanes = Lanes(Lane("asr"), Lane("llm"), Lane("tts"))
+            assistant._specvoice_lanes = lanes
+        return lanes
+
+
+def new_reply_id() -> str:
+    return f"reply_{next(_ids)}"
+
+
+@dataclass
+class Reply:
+    """State of one reply; the pipeline (`run_reply`) fills it, the conversation confirms or cancels it."""
+
+    emit_out: Callable[[Event], None]  # the conversation's event queue
+    confirmed: bool
+    user_text: str | None  # the user turn to close first; None = reply to the history as it stands
+    id: str = field(default_factory=new_reply_id)
+    preemptive: bool = False
+    cancelled: bool = False
+    discarded: bool = False  # cancelled before it was ever heard: the session forgets it entirely
+    interrupted: bool = False
+    prepared: bool = False  # the session holds (part of) this reply
+    finished: bool = False  # everything generated and synthesised
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    pending: list[Event] = field(default_factory=list)
+    text: str = ""
+    pieces: list[tuple[str, float]] = field(default_factory=list)  # (text, duration ms) in play order
+    audio_ms: float = 0.0  # reply audio emitted so far
+    first_audio_clock_ms: float | None = None  # input-stream position when the first audio went out
+    reported_played_ms: float | None = None  # what the sink says it played (Conversation.played)
+    spoken_text: str | None = None
+    marks: dict[str, float] = field(default_factory=dict)  # wall-clock instants (perf_counter seconds)
+    numbers: dict[str, float] = field(default_factory=dict)  # extra metric values
+    metrics_sent: bool = False
+    task: asyncio.Task | None = None
+    clock_ms: Callable[[], float] = lambda: 0.0  # the conversation's input clock
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.perf_counter())
+
+    def emit(self, event: Event) -> None:
+        if self.cancelled:
+            return
+        if not self.confirmed:
+            self.pending.append(event)
+            return
+        if isinstance(event, ReplyAudio):
+            if self.first_audio_clock_ms is None:
+                self.first_audio_clock_ms = self.clock_ms()
+                self.mark("first_audio")
+            self.audio_ms += event.duration_ms
+        self.emit_out(event)
+
+    def confirm(self) -> None:
+        """Play it: everything buffered goes out now, in order."""
+        if self.confirmed or self.cancelled:
+            return
+        self.confirmed = True
+        self.mark("confirmed")
+        pending, self.pending = self.pending, []
+        for event in pending:
+            self.emit(event)
+        if self.finished:
+            self.send_metrics()
+
+    def played_ms(self) -> float:
+        """Best knowledge of how much audio the listener heard: the sink's report, else the input clock
+        (audio plays in real time from the moment it went out), else all of it (no clock at all)."""
+        if self.reported_played_ms is not None:
+            return min(self.reported_played_ms, self.audio_ms)
+        if self.first_audio_clock_ms is None:
+            return 0.0
+        elapsed = self.clock_ms() - self.first_audio_clock_ms
+        return min(self.audio_ms, elapsed) if elapsed > 0 else self.audio_ms
+
+    def heard_text(self) -> str:
+        return words_heard(self.pieces, self.played_ms())
+
+    def playing(self, tail_ms: float = 0.0) -> bool:
+        """Audio of this reply may still be coming out of the speaker (for the echo guard)."""
+        if self.cancelled or not self.confirmed:
+            return False
+        if not self.finished:
+            return True
+        if self.reported_played_ms is not None and self.reported_played_ms >= self.audio_ms:
+            return False
+        if self.first_audio_clock_ms is None:
+            return False
+        return self.clock_ms() < self.first_audio_clock_ms + self.audio_ms + tail_ms
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.cancel_event.set()
+        self.pending.clear()
+
+    def timings(self) -> dict[str, float]:
+        def since(a: str, b: str) -> float | None:
+            if a in self.marks and b in self.marks:
+                return round(1000.0 * (self.marks[a] - self.marks[b]), 1)
+            return None
+
+        out: dict[str, float | None] = {
+            "eos_to_endpoint_ms": since("endpoint", "eos"),
+            "eos_to_first_token_ms": since("first_token", "eos"),
+            "eos_to_first_audio_ms": since("first_audio", "eos"),
+            "endpoint_to_first_token_ms": since("first_token", "endpoint"),
+            "endpoint_to_first_audio_ms": since("first_audio", "endpoint"),
+            "request_to_first_token_ms": since("first_token", "created"),
+            "request_to_first_audio_ms": since("first_audio", "created"),
+            "first_piece_synthesis_ms": since("first_piece_audio", "first_piece"),
+            "preemptive": 1.0 if self.preemptive else 0.0,
+            "audio_ms": round(self.audio_ms, 1),
+        }
+        out.update(self.numbers)
+        return {k: v for k, v in out.items() if v is not None}
+
+    def send_metrics(self) -> None:
+        if not self.metrics_sent and self.confirmed:
+            self.metrics_sent = True
+            self.emit_out(Metrics(self.id, self.timings()))
+
+
+async def run_reply(reply: Reply, session: Any, lanes: Lanes, llm_lock: asyncio.Lock,
+                    synthesizer: PieceSynthesizer, max_tokens: int, sampling: Any) -> None:
+    """Generate, segment and synthesise one reply; emits through the reply's gate."""
+    reply.mark("created")
+    if reply.confirmed:
+        reply.emit_out(ReplyStarted(reply.id))
+    else:
+        reply.pending.append(ReplyStarted(reply.id))
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    speaker = asyncio.create_task(_speak(reply, pieces, lanes, synthesizer))
+    segmenter = Segmenter()
+    try:
+        async with llm_lock:
+            if reply.cancelled:
+                return
+            reply.prepared = True
+            if reply.user_text is not None:
+                await lanes.llm.run(session.revise, reply.user_text)
+            steps = session.generate(max_tokens=max_tokens, sampling=sampling, cancel=reply.cancel_event)
+            try:
+                while not reply.cancelled:
+                    delta = await lanes.llm.run(next, steps, None)
+                    if delta is None or reply.cancelled:
+                        break
+                    reply.mark("first_token")
+                    if delta.text:
+                        reply.text += delta.text
+                        reply.emit(ReplyTextDelta(reply.id, delta.text))
+                        for piece in segmenter.push(delta.text):
+                            pieces.put_nowait(piece)
+            finally:
+                await lanes.llm.run(steps.close)
+            stats = getattr(session, "last_reply", None)
+            if stats is not None:
+                reply.numbers["tokens"] = float(stats.generated)
+                reply.numbers["llm_generate_ms"] = round(1000.0 * stats.generate_s, 1)
+        for piece in segmenter.flush():
+            pieces.put_nowait(piece)
+    finally:
+        pieces.put_nowait(None)
+        if reply.cancelled:
+            speaker.cancel()
+    try:
+        await speaker
+    except asyncio.CancelledError:
+        if not reply.cancelled:
+            raise
+    if not reply.cancelled:
+        reply.finished = True
+        reply.emit(ReplyDone(reply.id, reply.text.strip()))
+        reply.send_metrics()
+
+
+async def _speak(reply: Reply, pieces: asyncio.Queue[str | None], lanes: Lanes,
+                 synthesizer: PieceSynthesizer) -> None:
+    while (piece := await pieces.get()) is not None:
+        if reply.cancelled:
+            return
+        reply.mark("first_piece")
+        spoken = await lanes.tts.run(synthesizer.synthesize, piece)
+        if reply.cancelled:
+            return
+        reply.mark("first_piece_audio")
+        reply.pieces.append((spoken.text, spoken.duration_ms))
+        for chunk in spoken.chunks:
+            reply.emit(ReplyAudio(reply.id, chunk, spoken.sample_rate))

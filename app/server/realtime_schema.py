@@ -1,0 +1,235 @@
+"""Realtime session settings: parse `session.update` (GA and beta shapes) and build the wire objects.
+
+Kept apart from the endpoint so the schema can be tested without a connection or a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Config
+from app.server.session import ProtocolError
+
+PCM_RATE = 24000
+G711_RATE = 8000
+# GA format type / beta format name -> our codec name
+GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "g711_ulaw", "g711_alaw": "g711_alaw"}
+CODEC_TO_GA = {v: k for k, v in GA_FORMATS.items()}
+SEMANTIC_EAGERNESS_HANGOVER_MS = {"low": 1200, "medium": None, "auto": None, "high": 250}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    input_codec: str = "pcm16"
+    input_rate: int = PCM_RATE
+    output_codec: str = "pcm16"
+    output_rate: int = PCM_RATE
+    turn_detection: dict[str, Any] | None = dataclasses.field(default_factory=lambda: {"type": "server_vad"})
+    instructions: str = ""
+    voice: str = "joe"
+    output_modalities: tuple[str, ...] = ("audio",)
+
+    @classmethod
+    def from_config(cls, config: Config) -> SessionSettings:
+        mode = config.conversation.turn_detection
+        return cls(turn_detection={"type": mode} if mode else None, instructions=config.llm.system_prompt)
+
+    def conversation_changes(self) -> dict[str, Any]:
+        """The ConversationConfig fields this session shapes (turn taking; audio rates are adapted here)."""
+        td = self.turn_detection
+        if td is None:
+            return {"turn_detection": None, "auto_respond": False}
+        changes: dict[str, Any] = {
+            "turn_detection": td["type"],
+            "auto_respond": bool(td.get("create_response", True)),
+            "barge_in": bool(td.get("interrupt_response", True)),
+        }
+        if td["type"] == "server_vad":
+            if td.get("threshold") is not None:
+                changes["vad_threshold"] = float(td["threshold"])
+            if td.get("silence_duration_ms") is not None:
+                changes["hangover_ms"] = int(td["silence_duration_ms"])
+        else:
+            hangover = SEMANTIC_EAGERNESS_HANGOVER_MS.get(td.get("eagerness") or "auto")
+            if hangover is not None:
+                changes["hangover_ms"] = hangover
+        return changes
+
+
+def _codec_and_rate(fmt: Any, where: str) -> tuple[str, int]:
+    if isinstance(fmt, str):  # beta: "pcm16" | "g711_ulaw" | "g711_alaw"
+        codec = BETA_FORMATS.get(fmt)
+        if codec is None:
+            raise ProtocolError(
+                f"unsupported audio format {fmt!r}; use pcm16, g711_ulaw or g711_alaw", "invalid_value", where
+            )
+        return codec, PCM_RATE if codec == "pcm16" else G711_RATE
+    if isinstance(fmt, dict):  # GA: {"type": "audio/pcm", "rate": 24000}
+        codec = GA_FORMATS.get(fmt.get("type"))
+        if codec is None:
+            raise ProtocolError(
+                f"unsupported audio format {fmt.get('type')!r}; use audio/pcm, audio/pcmu or audio/pcma",
+                "invalid_value",
+                where,
+            )
+        if codec != "pcm16":
+            return codec, G711_RATE
+        rate = fmt.get("rate", PCM_RATE)
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
+            raise ProtocolError(
+                f"pcm rate must be an integer between 8000 and 48000, got {rate!r}",
+                "invalid_value",
+                f"{where}.rate",
+            )
+        return codec, rate
+    raise ProtocolError("audio format must be a string or an object with a `type`", "invalid_value", where)
+
+
+def _turn_detection(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
+        raise ProtocolError(
+            "turn_detection must be null or {type: server_vad | semantic_vad, ...}", "invalid_value", where
+        )
+    td = {"type": value.get("type", "server_vad")}
+    for key in (
+        "threshold",
+        "silence_duration_ms",
+        "prefix_padding_ms",
+        "create_response",
+        "interrupt_response",
+        "eagerness",
+        "idle_timeout_ms",
+    ):
+        if key in value:
+            td[key] = value[key]
+    for key in ("threshold", "silence_duration_ms", "prefix_padding_ms"):
+        if (
+            key in td
+            and td[key] is not None
+            and (not isinstance(td[key], (int, float)) or isinstance(td[key], bool) or td[key] < 0)
+        ):
+            raise ProtocolError(
+                f"turn_detection.{key} must be a non-negative number", "invalid_value", f"{where}.{key}"
+            )
+    return td
+
+
+def parse_session_update(current: SessionSettings, session: dict[str, Any]) -> SessionSettings:
+    """Apply a GA (`session.audio.input.format`...) or beta (`input_audio_format`...) update; unknown
+    fields are ignored, as the Realtime API does for forward compatibility."""
+    changes: dict[str, Any] = {}
+    audio = session.get("audio")
+    if audio is not None and not isinstance(audio, dict):
+        raise ProtocolError("session.audio must be an object", "invalid_value", "session.audio")
+    audio_in = (audio or {}).get("input") or {}
+    audio_out = (audio or {}).get("output") or {}
+    if not isinstance(audio_in, dict) or not isinstance(audio_out, dict):
+        raise ProtocolError("session.audio.input/output must be objects", "invalid_value", "session.audio")
+    if "format" in audio_in:
+        changes["input_codec"], changes["input_rate"] = _codec_and_rate(
+            audio_in["format"], "session.audio.input.format"
+        )
+    elif "input_audio_format" in session:
+        changes["input_codec"], changes["input_rate"] = _codec_and_rate(
+            session["input_audio_format"], "session.input_audio_format"
+        )
+    if "format" in audio_out:
+        changes["output_codec"], changes["output_rate"] = _codec_and_rate(
+            audio_out["format"], "session.audio.output.format"
+        )
+    elif "output_audio_format" in session:
+        changes["output_codec"], changes["output_rate"] = _codec_and_rate(
+            session["output_audio_format"], "session.output_audio_format"
+        )
+    if "turn_detection" in audio_in:
+        changes["turn_detection"] = _turn_detection(
+            audio_in["turn_detection"], "session.audio.input.turn_detection"
+        )
+    elif "turn_detection" in session:
+        changes["turn_detection"] = _turn_detection(session["turn_detection"], "session.turn_detection")
+    if isinstance(session.get("instructions"), str):
+        changes["instructions"] = session["instructions"]
+    voice = audio_out.get("voice", session.get("voice"))
+    if isinstance(voice, str):
+        changes["voice"] = voice
+    modalities = session.get("output_modalities", session.get("modalities"))
+    if isinstance(modalities, list) and all(isinstance(m, str) for m in modalities):
+        changes["output_modalities"] = tuple(m for m in modalities if m in ("audio", "text")) or ("audio",)
+    return dataclasses.replace(current, **changes)
+
+
+def _format_object(codec: str, rate: int) -> dict[str, Any]:
+    fmt: dict[str, Any] = {"type": CODEC_TO_GA[codec]}
+    if codec == "pcm16":
+        fmt["rate"] = rate
+    return fmt
+
+
+def session_object(session_id: str, settings: SessionSettings, config: Config) -> dict[str, Any]:
+    """The GA `session` object for session.created / session.updated."""
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": "specvoice",
+        "output_modalities": list(settings.output_modalities),
+        "instructions": settings.instructions,
+        "audio": {
+            "input": {
+                "format": _format_object(settings.input_codec, settings.input_rate),
+                "turn_detection": settings.turn_detection,
+                "transcription": {"model": "whisper"},
+                "noise_reduction": None,
+            },
+            "output": {
+                "format": _format_object(settings.output_codec, settings.output_rate),
+                "voice": settings.voice,
+                "speed": 1.0,
+            },
+        },
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": config.llm.max_reply_tokens,
+    }
+
+
+def assistant_item(item_id: str, status: str, transcript: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_audio", "transcript": transcript}],
+    }
+
+
+def response_object(
+    response_id: str,
+    status: str,
+    output: list[dict[str, Any]],
+    settings: SessionSettings,
+    status_details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "realtime.response",
+        "status": status,
+        "status_details": status_details,
+        "output": output,
+        "conversation_id": "conv_default",
+        "output_modalities": list(settings.output_modalities),
+        "audio": {
+            "output": {
+                "format": _format_object(settings.output_codec, settings.output_rate),
+                "voice": settings.voice,
+            }
+        },
+        "usage": None,
+        "metadata": None,
+    }

@@ -1,0 +1,50 @@
+"""Fixtures for the conversation-loop tests (helpers live in conv_helpers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from conv_helpers import silence
+
+
+@pytest.fixture(scope="session")
+def question_audio(speak) -> Callable[..., np.ndarray]:
+    """Piper-spoken text with silence around it; pieces joined by `pause_ms` of silence."""
+
+    def _make(*parts: str, lead_ms: float = 400, pause_ms: float = 400, tail_ms: float = 1200) -> np.ndarray:
+        chunks = [silence(lead_ms)]
+        for j, part in enumerate(parts):
+            if j:
+                chunks.append(silence(pause_ms))
+            chunks.append(speak(part))
+        chunks.append(silence(tail_ms))
+        return np.concatenate(chunks).astype(np.float32)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def conv_assistant(request):
+    """The shared Assistant (tests/conftest.py). TEMPORARY fallback while llm.session.LLM is being written."""
+    try:
+        from llm.session import LLM  # noqa: F401
+    except ImportError:
+        import types
+
+        from app.config import load_config
+        from app.conversation import Conversation
+        from llm.engine import Engine
+        from llm.session import Session
+
+        engine = Engine.load(request.getfixturevalue("llm_model_dir"), draft="ngram")
+        ns = types.SimpleNamespace(
+            config=load_config(environ={}),
+            transcriber=request.getfixturevalue("transcriber"),
+            voice=request.getfixturevalue("voice"),
+            llm=types.SimpleNamespace(new_session=lambda system_prompt="": Session(engine, system_prompt=system_prompt)),
+        )
+        ns.conversation = lambda config=None: Conversation(ns, config)
+        return ns
+    return request.getfixturevalue("assistant")

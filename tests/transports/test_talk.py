@@ -1,0 +1,101 @@
+"""`specvoice talk` against a real PulseAudio server: a virtual microphone speaks the question, a null sink
+records what the assistant says. No mocked sounddevice."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pulse_harness as pulse
+import pytest
+from transport_support import QUESTION_WAV, make_config, mentions_mountain
+
+pytestmark = pytest.mark.skipif(pulse.available() is not None, reason=str(pulse.available()))
+
+
+@pytest.fixture
+def pulse_server():
+    server = pulse.PulseServer().start()
+    server.apply_env()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def specvoice(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_list_devices_and_bad_device_choice(pulse_server):
+    listed = specvoice("talk", "--list-devices", env=pulse_server.env)
+    assert listed.returncode == 0 and "pulse" in listed.stdout, listed
+    bad = specvoice("talk", "--input", "no-such-microphone", env=pulse_server.env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "specvoice: error: no input device matching 'no-such-microphone' (see --list-devices)"
+    ]
+
+
+def test_no_audio_device_gives_one_clear_line(tmp_path):
+    # ALSA configured with nothing at all: PortAudio finds no device.
+    conf = tmp_path / "asound.conf"
+    conf.write_text("pcm.!default { type null }\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ALSA_CONFIG_PATH": str(conf),
+        "HOME": str(tmp_path),
+        "PULSE_SERVER": "none",
+    }
+    done = specvoice("talk", env=env)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "device" in lines[0], done.stderr
+
+
+async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assistant, tmp_path):
+    import sounddevice
+
+    from app.commands.talk import Printer, talk_loop
+
+    lines: list[str] = []
+    replied = asyncio.Event()
+
+    class Recorder(Printer):
+        def partial(self, text: str) -> None:
+            pass
+
+        def line(self, text: str) -> None:
+            lines.append(text)
+            if text.startswith("assistant"):
+                replied.set()
+
+    sounddevice._terminate()  # PortAudio caches devices: re-scan to see this test's sound server
+    sounddevice._initialize()
+    config = make_config()
+    conv_config = dataclasses.replace(config.conversation, echo_policy="half_duplex")
+    recording = tmp_path / "reply.wav"
+    recorder = pulse_server.record(recording)
+    talk = asyncio.create_task(
+        talk_loop(assistant, conv_config, sounddevice, stop=replied, printer=Recorder())
+    )
+    speaker = pulse_server.speak(QUESTION_WAV)
+    try:
+        await asyncio.wait_for(talk, 180)
+    finally:
+        speaker.wait(30)
+        recorder.terminate()
+        recorder.wait(30)
+    heard = [line for line in lines if line.startswith("you:")]
+    said = [line for line in lines if line.startswith("assistant")]
+    assert heard and mentions_mountain(heard[0]), lines
+    assert said and said[0].split(":", 1)[1].strip(), lines
+    import soundfile
+
+    audio, _ = soundfile.read(recording, dtype="float32")
+    assert audio.size and np.abs(audio).max() > 0.02, "the reply should have reached the speakers"
