@@ -311,6 +311,9 @@ class Conversation:
         if u.preemptive is None and cfg.preemptive and cfg.auto_respond and silence_ms >= cfg.preemptive_silence_ms:
             self._start_preemptive(u)
         if silence_ms >= self._hangover_ms(u):
+            log.debug("endpoint after %.0f ms of silence (hangover %.0f, transcript %r, decoded to %s of %s)",
+                      silence_ms, self._hangover_ms(u), u.asr.final_text(),
+                      u.start_sample + (u.asr.last_job.end if u.asr.last_job else 0), u.last_voiced_end)
             self._close_utterance(u)
             self._spawn(self._finish_turn(u))
 
@@ -342,8 +345,9 @@ class Conversation:
         self._maybe_decode(u)
 
     def _hangover_ms(self, u: _Utterance) -> float:
-        text = u.asr.final_text()
-        if reads_complete(text):
+        job = u.asr.last_job
+        # Only a decode that heard the speech up to the silence may shorten the wait.
+        if job is not None and u.start_sample + job.end >= u.last_voiced_end and reads_complete(u.asr.final_text()):
             return self.config.complete_hangover_ms
         if self.config.turn_detection == "semantic_vad":  # unfinished phrase: give the user more time
             return min(2 * self.config.hangover_ms, 2000)
@@ -473,7 +477,7 @@ class Conversation:
         self._spawn(self._forget(reply))
 
     async def _forget(self, reply: Reply) -> None:
-        async with self._llm_lock:
+        async with self._llm_lock:  # queued behind the generation it stops, ahead of any later reply
             if reply.prepared:
                 await self._lanes.llm.run(self._session.discard_reply)
                 self._fed_text = None
@@ -490,11 +494,18 @@ class Conversation:
             return
         heard = reply.heard_text()
         reply.spoken_text, reply.interrupted = heard, True
-        reply.cancel()
         reply.numbers["played_ms"] = round(reply.played_ms(), 1)
+        if not heard and reply.user_text and reply.audio_ms == 0:
+            # Cut off before a sound came out: the user simply went on talking. Forget the reply and
+            # keep their words for the turn they are still speaking.
+            reply.discarded = True
+            self._user_prefix = f"{reply.user_text} {self._user_prefix}".strip()
+            self._spawn(self._forget(reply))
+        else:
+            self._spawn(self._truncate(reply, heard))
+        reply.cancel()
         self._emit(Interrupted(reply.id, heard))
         reply.send_metrics()
-        self._spawn(self._truncate(reply, heard))
 
     async def _truncate(self, reply: Reply, heard: str) -> None:
         async with self._llm_lock:  # queued behind the generation it cut short

@@ -21,7 +21,7 @@ from typing import Any
 
 from app.events import Event, Metrics, ReplyAudio, ReplyDone, ReplyStarted, ReplyTextDelta
 from tts.segmenter import Segmenter
-from tts.stream import PieceSynthesizer, words_heard
+from tts.stream import PieceSynthesizer, SpokenPiece, words_heard
 
 _ids = itertools.count(1)
 _lanes_lock = threading.Lock()
@@ -77,7 +77,7 @@ class Reply:
     cancelled: bool = False
     discarded: bool = False  # cancelled before it was ever heard: the session forgets it entirely
     interrupted: bool = False
-    prepared: bool = False  # the session holds (part of) this reply
+    prepared: bool = False  # the session holds (part of) this reply: discard/truncate must undo it
     finished: bool = False  # everything generated and synthesised
     cancel_event: threading.Event = field(default_factory=threading.Event)
     pending: list[Event] = field(default_factory=list)
@@ -187,18 +187,23 @@ async def run_reply(reply: Reply, session: Any, lanes: Lanes, llm_lock: asyncio.
     else:
         reply.pending.append(ReplyStarted(reply.id))
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    speaker = asyncio.create_task(_speak(reply, pieces, lanes, synthesizer))
+    first_piece_done = asyncio.Event()
+    speaker = asyncio.create_task(_speak(reply, pieces, lanes, synthesizer, first_piece_done))
     segmenter = Segmenter()
     try:
         async with llm_lock:
             if reply.cancelled:
                 return
-            reply.prepared = True
             if reply.user_text is not None:
                 await lanes.llm.run(session.revise, reply.user_text)
             steps = session.generate(max_tokens=max_tokens, sampling=sampling, cancel=reply.cancel_event)
             try:
                 while not reply.cancelled:
+                    if segmenter.pieces_out and not first_piece_done.is_set():
+                        # 2 cores: let Piper have them for the first piece (the latency the user hears);
+                        # the LLM is far ahead of playback anyway.
+                        await first_piece_done.wait()
+                    reply.prepared = True  # the first step opens the reply in the session
                     delta = await lanes.llm.run(next, steps, None)
                     if delta is None or reply.cancelled:
                         break
@@ -232,15 +237,23 @@ async def run_reply(reply: Reply, session: Any, lanes: Lanes, llm_lock: asyncio.
 
 
 async def _speak(reply: Reply, pieces: asyncio.Queue[str | None], lanes: Lanes,
-                 synthesizer: PieceSynthesizer) -> None:
-    while (piece := await pieces.get()) is not None:
-        if reply.cancelled:
-            return
-        reply.mark("first_piece")
-        spoken = await lanes.tts.run(synthesizer.synthesize, piece)
-        if reply.cancelled:
-            return
-        reply.mark("first_piece_audio")
-        reply.pieces.append((spoken.text, spoken.duration_ms))
-        for chunk in spoken.chunks:
-            reply.emit(ReplyAudio(reply.id, chunk, spoken.sample_rate))
+                 synthesizer: PieceSynthesizer, first_piece_done: asyncio.Event) -> None:
+    try:
+        while (piece := await pieces.get()) is not None:
+            if reply.cancelled:
+                return
+            reply.mark("first_piece")
+            spoken = await lanes.tts.run(synthesizer.synthesize, piece)
+            first_piece_done.set()
+            if reply.cancelled:
+                return
+            _emit_piece(reply, spoken)
+    finally:
+        first_piece_done.set()  # never leave the LLM waiting
+
+
+def _emit_piece(reply: Reply, spoken: SpokenPiece) -> None:
+    reply.mark("first_piece_audio")
+    reply.pieces.append((spoken.text, spoken.duration_ms))
+    for chunk in spoken.chunks:
+        reply.emit(ReplyAudio(reply.id, chunk, spoken.sample_rate))

@@ -62,8 +62,8 @@ def loop_start(words: list[str]) -> int | None:
         for length in range(2, (n - i) // 2 + 1):
             if norm[i : i + length] == norm[i + length : i + 2 * length]:
                 return i + length
-    for j in range(1, n - 1):
-        if words[j - 1][-1:] in ".?!" and n - j >= 2 and norm[j:] == norm[: n - j]:
+    for j in range(1, n):
+        if words[j - 1][-1:] in ".?!" and norm[j:] == norm[: n - j]:
             return j
     return None
 

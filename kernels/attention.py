@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from kernels.dispatch import interpreting, resolve_backend
+from kernels.dispatch import interpreting, mark_broken, resolve_backend
 
 
 def _start_tensor(start: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -145,6 +145,11 @@ def verify_attention(
     """Block-causal GQA attention over a static cache: Triton on CUDA, the torch reference elsewhere."""
     d = q.shape[-1]
     usable = d >= 16 and not d & (d - 1)
-    if resolve_backend(backend, q) == "triton" and (usable or backend == "triton"):
-        return verify_attention_triton(q, k_cache, v_cache, start, sm_scale, num_splits)
+    if resolve_backend(backend, q, "verify_attention") == "triton" and (usable or backend == "triton"):
+        try:
+            return verify_attention_triton(q, k_cache, v_cache, start, sm_scale, num_splits)
+        except Exception as exc:  # a compile failure on an untested GPU/Triton: fall back under "auto"
+            if backend != "auto":
+                raise
+            mark_broken("verify_attention", exc)
     return verify_attention_reference(q, k_cache, v_cache, start, sm_scale)

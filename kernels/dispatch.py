@@ -14,11 +14,14 @@ when a kernel is *decorated*, so our kernels are built lazily, on first use, not
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
+log = logging.getLogger(__name__)
+_broken: dict[str, str] = {}  # kernel name -> why "auto" stopped using its Triton version
 
 
 class KernelUnavailable(RuntimeError):
@@ -39,7 +42,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+def mark_broken(kernel: str, exc: BaseException) -> None:
+    """A Triton kernel failed under "auto" (e.g. this Triton cannot compile it for this GPU): log once and
+    use the reference from now on, so a reply is slower instead of lost."""
+    if kernel not in _broken:
+        log.warning("Triton kernel %s failed (%s: %s); using the torch reference", kernel, type(exc).__name__, exc)
+    _broken[kernel] = f"{type(exc).__name__}: {exc}"
+
+
+def broken_kernels() -> dict[str, str]:
+    return dict(_broken)
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor, kernel: str = "") -> str:
     """'torch' or 'triton' for this call; raises KernelUnavailable when Triton was required but can't run."""
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
@@ -48,7 +63,7 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
         if backend not in BACKENDS:
             raise ValueError(f"SPECVOICE_KERNELS must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if tensor.is_cuda and triton_importable() else "torch"
+        return "triton" if tensor.is_cuda and triton_importable() and kernel not in _broken else "torch"
     if backend == "triton":
         if not triton_importable():
             raise KernelUnavailable("Triton is not installed (pip install triton)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import resolve_backend
+from kernels.dispatch import interpreting, mark_broken, resolve_backend
 from kernels.fp8_ops import FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_matmul
 
 
@@ -60,9 +60,10 @@ def _pick_blocks(m: int, n: int) -> tuple[int, int, int]:
 
 def rmsnorm_fp8_linear_triton(
     x: torch.Tensor, norm_weight: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, eps: float,
-    out_dtype: torch.dtype,
+    out_dtype: torch.dtype, dot_mode: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The fused Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    """The fused Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1). dot_mode: see the kernel; default
+    1 (bf16-widened dot) on GPUs, 2 (fp32) under the interpreter."""
     import triton
 
     shape = x.shape
@@ -80,6 +81,7 @@ def rmsnorm_fp8_linear_triton(
     _kernel()[grid](
         x2, norm_weight, w_q, w_scale, out, m, n, k, x2.stride(0), w_q.stride(0), out.stride(0), float(eps),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        DOT_MODE=(2 if interpreting() else 1) if dot_mode is None else dot_mode,
     )  # fmt: skip
     return out.reshape(*shape[:-1], n)
 
@@ -97,6 +99,11 @@ def rmsnorm_fp8_linear(
 ) -> torch.Tensor:
     """RMSNorm(x)·g projected by an fp8 weight: Triton on CUDA, the torch reference elsewhere."""
     out_dtype = out_dtype or x.dtype
-    if resolve_backend(backend, x) == "triton":
-        return rmsnorm_fp8_linear_triton(x, norm_weight, w_q, w_scale, eps, out_dtype)
+    if resolve_backend(backend, x, "rmsnorm_fp8_linear") == "triton":
+        try:
+            return rmsnorm_fp8_linear_triton(x, norm_weight, w_q, w_scale, eps, out_dtype)
+        except Exception as exc:  # a compile failure on an untested GPU/Triton: fall back under "auto"
+            if backend != "auto":
+                raise
+            mark_broken("rmsnorm_fp8_linear", exc)
     return rmsnorm_fp8_linear_reference(x, norm_weight, w_q, w_scale, eps, out_dtype, w_dequant=w_dequant)

@@ -28,8 +28,14 @@ def round_to_e4m3(y):
 def rmsnorm_fp8_linear_kernel(
     x_ptr, g_ptr, w_ptr, ws_ptr, out_ptr,
     M, N, K, stride_xm, stride_wn, stride_om, eps,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_MODE: tl.constexpr,
 ):  # fmt: skip
+    """One program: BLOCK_M tokens × BLOCK_N output channels. See kernels/rmsnorm_fp8.py.
+
+    DOT_MODE 0: native fp8 × fp8 tensor-core dot; 1: fp8 operands widened to bf16 in registers (exact,
+    and any bf16 GPU has the instruction; decode is bound by the fp8 weight *reads*, not the math);
+    2: fp32 (the interpreter, whose bf16 dot is wrong).
+    """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -60,7 +66,12 @@ def rmsnorm_fp8_linear_kernel(
         q = round_to_e4m3(y).to(tl.float8e4nv)
         w = tl.load(w_ptr + cols[None, :] * stride_wn + kk[:, None],
                     mask=(cols[None, :] < N) & (kk[:, None] < K), other=0.0)  # fmt: skip
-        acc = tl.dot(q, w, acc)
+        if DOT_MODE == 0:
+            acc = tl.dot(q, w, acc)
+        elif DOT_MODE == 1:
+            acc = tl.dot(q.to(tl.bfloat16), w.to(tl.bfloat16), acc)
+        else:
+            acc = tl.dot(q.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
     ws = tl.load(ws_ptr + cols, mask=cols < N, other=0.0)
     out = acc * scale[:, None] * ws[None, :]
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :],

@@ -84,6 +84,41 @@ class AdaptiveK:
             self.k = max(self.k_min, accepted + 1)
 
 
+def generate_ids(
+    target: Transformer,
+    prompt: list[int],
+    max_new_tokens: int,
+    *,
+    drafter: Drafter | None = None,
+    k: AdaptiveK | None = None,
+    params: SamplingParams | None = None,
+    generator: torch.Generator | None = None,
+    eos_ids: frozenset[int] = frozenset(),
+    cache: KVCache | None = None,
+) -> tuple[list[int], list[StepResult]]:
+    """Token-level generation without a chat session (tests, benchmarks): prefill, then speculative steps."""
+    from llm.sampling import GREEDY
+
+    params = params or GREEDY
+    k = k or AdaptiveK(0, 0)
+    cache = cache or target.new_cache(len(prompt) + max_new_tokens + (k.k_max + 1))
+    for start in range(0, len(prompt) - 1, 16):
+        target(torch.tensor(prompt[start : min(start + 16, len(prompt) - 1)]), cache, start, last_only=True)
+    if drafter is not None:
+        drafter.prefill(prompt[:-1])
+    context, out, steps = list(prompt), [], []
+    while len(out) < max_new_tokens:
+        result = speculative_step(target, cache, context, drafter, k.k, params, generator)
+        k.update(result.drafted, result.accepted)
+        steps.append(result)
+        for token in result.tokens:
+            out.append(token)
+            if token in eos_ids or len(out) == max_new_tokens:
+                return out, steps
+        context += result.tokens
+    return out, steps
+
+
 @dataclass
 class Engine:
     """What all sessions share: target weights, tokenizer, draft weights, drafter kind, k range."""

@@ -18,6 +18,8 @@ Two conversions, both in place on any module tree built from nn.Linear / RMSNorm
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -94,17 +96,18 @@ class NormFolded(nn.Module):
         return x
 
 
-def convert_to_fp8(model: nn.Module, skip: tuple[str, ...] = DEFAULT_SKIP) -> int:
-    """Replace every nn.Linear whose name does not contain a `skip` part by an FP8Linear, in place.
+def convert_to_fp8(model: nn.Module, skip: tuple[str, ...] | Callable[[str], bool] = DEFAULT_SKIP) -> int:
+    """Replace every nn.Linear by an FP8Linear in place, except those whose dotted name has a part in
+    `skip` (or for which `skip(name)` is true). Returns how many were converted.
 
-    Returns how many were converted. Tied weights (embedding = LM head) are untouched because the LM head
-    is skipped by default.
+    Tied weights (embedding = LM head) are untouched because the LM head is skipped by default.
     """
+    skipped = skip if callable(skip) else (lambda name: any(part in name.split(".") for part in skip))
     converted = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if type(child) is nn.Linear and not any(part in full.split(".") for part in skip):
+            if type(child) is nn.Linear and not skipped(full):
                 setattr(parent, child_name, FP8Linear.from_linear(child))
                 converted += 1
     if not converted:

@@ -42,7 +42,11 @@ def _conversion_key(gguf: Path) -> str:
 
 
 def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and any((path / f).exists() for f in HF_WEIGHT_FILES)
+    return (
+        path.is_dir()
+        and (path / "config.json").is_file()
+        and any((path / f).exists() for f in HF_WEIGHT_FILES)
+    )
 
 
 def ensure_hf_folder(path: Path | str) -> Path:
@@ -53,7 +57,9 @@ def ensure_hf_folder(path: Path | str) -> Path:
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) != 1:
-            raise ModelLoadError(f"{path}: not an HF model folder (no config.json + weights) and not one GGUF file")
+            raise ModelLoadError(
+                f"{path}: not an HF model folder (no config.json + weights) and not one GGUF file"
+            )
         path = ggufs[0]
     if not path.is_file() or path.suffix != ".gguf":
         raise ModelLoadError(f"{path}: expected an HF model folder or a .gguf file")
@@ -93,11 +99,15 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ModelLoadError(f"{gguf}: GGUF tensors do not match the model (missing {missing}, unexpected {unexpected})")
+        raise ModelLoadError(
+            f"{gguf}: GGUF tensors do not match the model (missing {missing}, unexpected {unexpected})"
+        )
     if config.tie_word_embeddings:
         model.tie_weights()
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

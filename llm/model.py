@@ -54,7 +54,9 @@ class ModelArgs:
         """Read a Llama or Qwen2 `config.json` (other architectures are refused, not silently mis-run)."""
         model_type = config.get("model_type")
         if model_type not in ("llama", "qwen2"):
-            raise ValueError(f"unsupported model_type {model_type!r}: specvoice's decoder runs llama and qwen2")
+            raise ValueError(
+                f"unsupported model_type {model_type!r}: specvoice's decoder runs llama and qwen2"
+            )
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
@@ -83,7 +85,9 @@ class KVCache:
     free. `max_len` bounds the conversation (prompt + history + reply).
     """
 
-    def __init__(self, args: ModelArgs, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self, args: ModelArgs, max_len: int, *, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
         if max_len > args.max_positions:
             raise ValueError(f"cache of {max_len} positions exceeds the model's {args.max_positions}")
         shape = (1, args.n_kv_heads, max_len, args.head_dim)
@@ -136,7 +140,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.attention_fn: AttentionFn = attention
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int
+    ) -> Tensor:
         T = x.shape[1]
         q = self.q_proj(x).view(1, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -168,7 +174,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int
+    ) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -195,21 +203,30 @@ class Transformer(nn.Module):
     def init_rope(self) -> None:
         """Precompute cos/sin for every position, the same way (fp32, concatenated halves) as HF Llama."""
         a, device = self.args, self.embed_tokens.weight.device
-        inv_freq = 1.0 / (a.rope_theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64, device=device).float() / a.head_dim))
+        inv_freq = 1.0 / (
+            a.rope_theta
+            ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64, device=device).float() / a.head_dim)
+        )
         freqs = torch.outer(torch.arange(a.max_positions, device=device, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         dtype = self.embed_tokens.weight.dtype
         self.rope_cos, self.rope_sin = emb.cos().to(dtype), emb.sin().to(dtype)
 
     @classmethod
-    def from_folder(cls, folder: Path | str, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
+    def from_folder(
+        cls, folder: Path | str, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> Transformer:
         """Load an HF folder (config.json + safetensors, single or sharded)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
         args = ModelArgs.from_hf_config(json.loads((folder / "config.json").read_text()))
         index = folder / "model.safetensors.index.json"
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+        files = (
+            sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            if index.is_file()
+            else ["model.safetensors"]
+        )
         state: dict[str, Tensor] = {}
         for name in files:
             state.update(load_file(str(folder / name), device="cpu"))
@@ -217,7 +234,12 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_state_dict(
-        cls, args: ModelArgs, hf_state: dict[str, Tensor], *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+        cls,
+        args: ModelArgs,
+        hf_state: dict[str, Tensor],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
     ) -> Transformer:
         state = {k.removeprefix("model."): v for k, v in hf_state.items() if "rotary_emb" not in k}
         if args.tie_embeddings:
@@ -229,7 +251,9 @@ class Transformer(nn.Module):
         expected = set(model.state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
-            raise ValueError(f"weights do not fit the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise ValueError(
+                f"weights do not fit the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
         model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
         if args.tie_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
@@ -237,7 +261,9 @@ class Transformer(nn.Module):
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def random(cls, args: ModelArgs, *, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> Transformer:
+    def random(
+        cls, args: ModelArgs, *, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32
+    ) -> Transformer:
         """Random weights (for algorithm tests and GPU benchmarks at real shapes)."""
         generator = torch.Generator().manual_seed(seed)
         model = cls(args)

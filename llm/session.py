@@ -122,9 +122,13 @@ class Session:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed if seed is not None else torch.seed())
         if "<|im_start|>" not in self.tokenizer.get_vocab():
-            raise SessionError("the tokenizer has no ChatML tokens (<|im_start|>); only ChatML models are supported")
+            raise SessionError(
+                "the tokenizer has no ChatML tokens (<|im_start|>); only ChatML models are supported"
+            )
         self._footer = self._special("<|im_end|>\n")
-        self._headers = {role: self._special(f"<|im_start|>{role}\n") for role in ("system", "user", "assistant")}
+        self._headers = {
+            role: self._special(f"<|im_start|>{role}\n") for role in ("system", "user", "assistant")
+        }
         self.eos_ids = {self._special("<|im_end|>")[0]}
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
@@ -147,7 +151,11 @@ class Session:
     def _encode(self, text: str) -> list[int]:
         """Content text: special-token strings in it stay plain text (a user cannot inject a turn end)."""
         text = text.strip()
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+        return (
+            self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            if text
+            else []
+        )
 
     def _turn_tokens(self, turn: _Turn, closed: bool) -> list[int]:
         return self._headers[turn.role] + turn.tokens + (self._footer if closed else [])
@@ -165,7 +173,9 @@ class Session:
     def history(self) -> list[dict[str, str]]:
         """Messages (closed turns and the open one) in the chat-template format."""
         turns = self._turns + ([self._open] if self._open else [])
-        return [{"role": "system", "content": self.system_prompt}] + [{"role": t.role, "content": t.text} for t in turns]
+        return [{"role": "system", "content": self.system_prompt}] + [
+            {"role": t.role, "content": t.text} for t in turns
+        ]
 
     # -- cache --------------------------------------------------------------------------------------
     def _sync(self, whole_chunks_only: bool) -> None:
@@ -206,7 +216,9 @@ class Session:
         if dropped:
             self._version += 1
         if len(sequence) >= self.max_context:
-            raise SessionError(f"the conversation ({len(sequence)} tokens) does not fit max_context={self.max_context}")
+            raise SessionError(
+                f"the conversation ({len(sequence)} tokens) does not fit max_context={self.max_context}"
+            )
 
     def next_token_logits(self) -> torch.Tensor:
         """fp32 logits [V] for the token after the conversation so far."""

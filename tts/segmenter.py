@@ -26,7 +26,7 @@ def clean_for_speech(text: str) -> str:
 class Segmenter:
     """Feed text deltas with `push()`; collect complete pieces; `flush()` at the end of the reply."""
 
-    def __init__(self, first_min_words: int = 1, first_max_words: int = 4, min_words: int = 3,
+    def __init__(self, first_min_words: int = 1, first_max_words: int = 3, min_words: int = 3,
                  max_chars: int = 200) -> None:
         self.first_min_words = first_min_words
         self.first_max_words = first_max_words

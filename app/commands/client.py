@@ -79,6 +79,7 @@ async def converse(
     followed by silence until the server's VAD ends the turn (or a manual commit if it never does)."""
     result = ClientResult()
     eos: list[float] = []
+    turn_ended = asyncio.Event()  # the server's VAD closed the user turn
     async with _connect(url, token) as ws:
 
         async def receive() -> None:
@@ -87,7 +88,9 @@ async def converse(
                 kind = event.get("type")
                 if on_event is not None:
                     on_event(event)
-                if kind == "conversation.item.input_audio_transcription.completed":
+                if kind in ("input_audio_buffer.speech_stopped", "input_audio_buffer.committed"):
+                    turn_ended.set()
+                elif kind == "conversation.item.input_audio_transcription.completed":
                     result.transcript = event["transcript"]
                 elif kind == "response.output_audio.delta":
                     if result.first_audio_ms is None and eos:
@@ -134,7 +137,7 @@ async def converse(
                 eos.append(time.perf_counter())
                 await ws.send(json.dumps({"type": "response.create"}))
             elif audio is not None:
-                await _stream(ws, audio, realtime, eos, receiver, trailing_silence_s)
+                await _stream(ws, audio, realtime, eos, receiver, turn_ended, trailing_silence_s, timeout)
             await asyncio.wait_for(asyncio.shield(receiver), timeout)
         finally:
             receiver.cancel()
@@ -142,8 +145,18 @@ async def converse(
 
 
 async def _stream(
-    ws, audio: np.ndarray, realtime: bool, eos: list[float], receiver: asyncio.Task, trailing_silence_s: float
+    ws,
+    audio: np.ndarray,
+    realtime: bool,
+    eos: list[float],
+    receiver: asyncio.Task,
+    turn_ended: asyncio.Event,
+    trailing_silence_s: float,
+    timeout: float,
 ) -> None:
+    """Send the question, then silence. Live (`realtime`), silence keeps flowing until the reply is done, as
+    from an open microphone; otherwise only `trailing_silence_s` of it. If the server's VAD has not ended the
+    turn by then (manual turn detection), commit and ask for a response ourselves."""
     step = RATE * CHUNK_MS // 1000
     started = time.perf_counter()
     sent_s = 0.0
@@ -154,13 +167,19 @@ async def _stream(
             await asyncio.sleep(max(0.0, started + sent_s - time.perf_counter()))
     eos.append(time.perf_counter())
     silence = np.zeros(step, np.int16)
-    for _ in range(int(trailing_silence_s * 1000 / CHUNK_MS)):
-        if receiver.done():
-            return
+    silence_s, committed = 0.0, False
+    while not receiver.done() and time.perf_counter() - started < timeout:
+        if not realtime and silence_s >= trailing_silence_s:
+            break
         await ws.send(_append(silence))
         sent_s += CHUNK_MS / 1000
-        await asyncio.sleep(max(0.0, started + sent_s - time.perf_counter()) if realtime else 0.005)
-    if not receiver.done():  # the server never ended the turn by itself (manual mode): do it ourselves
+        silence_s += CHUNK_MS / 1000
+        await asyncio.sleep(max(0.0, started + sent_s - time.perf_counter()) if realtime else 0)
+        if silence_s >= trailing_silence_s and not turn_ended.is_set() and not committed:
+            committed = True
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            await ws.send(json.dumps({"type": "response.create"}))
+    if not committed and not turn_ended.is_set() and not receiver.done():
         await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         await ws.send(json.dumps({"type": "response.create"}))
 

@@ -77,6 +77,19 @@ def find_device(sd: Any, spec: str | None, kind: str) -> int | None:
     return matches[0]
 
 
+def check_devices(sd: Any, input_device: int | None, output_device: int | None) -> None:
+    from app.cli import UsageError
+
+    for kind, device, check in (
+        ("microphone", input_device, sd.check_input_settings),
+        ("speaker", output_device, sd.check_output_settings),
+    ):
+        try:
+            check(device=device, channels=1, dtype="int16")
+        except Exception as exc:
+            raise UsageError(f"cannot use the {kind}: {exc}") from None
+
+
 def list_devices(sd: Any) -> None:
     devices = sd.query_devices()
     if not len(devices):
@@ -145,9 +158,12 @@ def _open_stream(factory: Callable[..., Any], rates: list[int], **kwargs: Any) -
 class Printer:
     """Live transcript in a terminal (a line rewritten in place), plain lines when piped."""
 
-    def __init__(self, stream=sys.stdout) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout  # looked up now: sys.stdout may have been replaced since import
+        try:
+            self.live = bool(self.stream.isatty())
+        except (AttributeError, ValueError):  # no stdout, or a closed one
+            self.live = False
 
     def partial(self, text: str) -> None:
         if self.live:
@@ -256,6 +272,7 @@ def run(args: argparse.Namespace, config) -> int:
         return 0
     input_device = find_device(sd, args.input, "input")
     output_device = find_device(sd, args.output, "output")
+    check_devices(sd, input_device, output_device)  # before the slow model load
 
     from app.assistant import Assistant
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,6 @@ class Reply:
     transcript: str = ""
     audio_ms: float = 0.0
     resampler: StreamResampler | None = None
-    first_audio_at: float | None = None
 
 
 class RealtimeSession(WireSession):
@@ -159,7 +157,9 @@ class RealtimeSession(WireSession):
             raise ProtocolError("audio is empty", "invalid_audio", "audio")
         duration_ms = 1000.0 * pcm.size / self.settings.input_rate
         limit_ms = 1000.0 * self.server.config.max_queued_audio_s
-        if self.uncommitted_ms + duration_ms > limit_ms:
+        # Manual turn taking keeps everything until a commit: bound it. With VAD the conversation consumes
+        # the audio as it arrives (push_audio awaits), so nothing piles up.
+        if self.settings.turn_detection is None and self.uncommitted_ms + duration_ms > limit_ms:
             raise ProtocolError(
                 f"input audio buffer is full ({limit_ms / 1000:.0f} s uncommitted); commit or clear it",
                 "input_audio_buffer_full",
@@ -349,8 +349,6 @@ class RealtimeSession(WireSession):
         pcm = reply.resampler.process(np.frombuffer(event.pcm, dtype="<i2"))
         if pcm.size == 0:
             return
-        if reply.first_audio_at is None:
-            reply.first_audio_at = time.monotonic()
         reply.audio_ms += 1000.0 * pcm.size / self.settings.output_rate
         await self.emit(
             "response.output_audio.delta",

@@ -23,6 +23,12 @@ def silence(ms: float) -> np.ndarray:
     return np.zeros(int(RATE * ms / 1000), dtype=np.float32)
 
 
+def trim_silence(audio: np.ndarray, floor: float = 2e-3) -> np.ndarray:
+    """Cut leading/trailing near-silence (Piper pads its output with ~0.2 s of it)."""
+    loud = np.flatnonzero(np.abs(audio) > floor)
+    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
+
+
 def words(text: str) -> list[str]:
     return re.sub(r"[^\w' ]", " ", text.lower()).split()
 

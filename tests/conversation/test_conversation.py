@@ -60,9 +60,10 @@ async def test_jfk_final_transcript_matches_offline(conv_assistant, jfk_audio, t
 
 
 async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(conv_assistant, question_audio):
-    # 400 ms pause after a dangling word: longer than the preemptive trigger, shorter than the hangover.
+    # A 400 ms pause: longer than the preemptive trigger (96 ms), well inside the hangover (700 ms here, so
+    # the test does not depend on Piper's random prosody moving the VAD's end of speech by ~100 ms).
     audio = question_audio("Can you tell me the name of", "the largest planet in our solar system?", pause_ms=400)
-    conv = conv_assistant.conversation(config())
+    conv = conv_assistant.conversation(config(hangover_ms=700, complete_hangover_ms=700))
     driver = Driver(conv)
     await driver.push(audio)
     await driver.wait_for(lambda e: e.type == "metrics", "metrics")
@@ -89,7 +90,7 @@ async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(conv_ass
     await driver.wait_for(lambda e: e.type == "reply_audio" and sum(
         x.duration_ms for x in driver.of_type("reply_audio")) > 1500, "1.5 s of reply audio")
     conv.played(first.reply_id, 1200.0)  # what the sink says it has played when the user cuts in
-    await driver.push(speak("Stop, stop. That is enough."))
+    await driver.push(speak("Please wait a moment."))
     interrupted = await driver.wait_for(lambda e: e.type == "interrupted", "interrupted")
     cut = driver.events.index(interrupted)
     await driver.push(silence(1500))
@@ -108,7 +109,7 @@ async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(conv_ass
     history = conv.session.history
     assistant_turns = [m["content"] for m in history if m["role"] == "assistant"]
     assert assistant_turns[0] == interrupted.spoken_text  # history holds only what was heard
-    assert "stop" in words(history[3]["content"])  # the barge-in became the next user turn
+    assert {"wait", "moment"} & set(words(history[3]["content"]))  # the barge-in became the next user turn
 
 
 async def test_two_conversations_share_models_without_sharing_state(conv_assistant, question_audio):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llm.model import ModelArgs, Transformer
+
 SYSTEM = "You are a friendly voice assistant. Answer in one or two short sentences."
 
 # >= 20 varied voice-assistant prompts (questions, commands, small talk, echo-friendly ones for n-grams).

@@ -11,11 +11,11 @@ import dataclasses
 
 import pytest
 import torch
+from llm_testutil import PROMPTS, SYSTEM
 
 from llm.engine import Engine
 from llm.model import Transformer
 from llm.session import Session
-from llm_testutil import PROMPTS, SYSTEM
 
 MAX_NEW_TOKENS = 24
 NEAR_TIE_MARGIN = 1e-3  # logits; fp32 row-count rounding differences measured here are ~1e-4
@@ -33,7 +33,11 @@ def reference(smol, hf_smol):
         ids = session.tokens()
         with torch.inference_mode():
             out = hf_smol.generate(
-                torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=eos, pad_token_id=eos
+                torch.tensor([ids]),
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
             )[0, len(ids) :].tolist()
         cases.append((prompt, ids, [t for t in out if t != eos]))
     return cases
@@ -42,7 +46,11 @@ def reference(smol, hf_smol):
 def self_draft(target: Transformer, n_layers: int = 6) -> Transformer:
     """A draft sharing the target's first layers (no extra memory); it often disagrees, exercising rollback."""
     args = dataclasses.replace(target.args, n_layers=n_layers)
-    state = {k: v for k, v in target.state_dict().items() if not k.startswith("layers.") or int(k.split(".")[1]) < n_layers}
+    state = {
+        k: v
+        for k, v in target.state_dict().items()
+        if not k.startswith("layers.") or int(k.split(".")[1]) < n_layers
+    }
     return Transformer.from_state_dict(args, state)
 
 

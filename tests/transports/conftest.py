@@ -20,7 +20,7 @@ def server_factory(assistant):
     """Start a server with other settings: `async with server_factory(max_sessions=1) as srv`."""
 
     def _make(**settings):
-        return Server(assistant, make_config(**settings))
+        return Server(assistant, make_config(**settings))  # max_reply_tokens=... or server.<name>=...
 
     return _make
 

@@ -87,6 +87,13 @@ class PulseServer:
             env=self.env,
         )
 
+    def streams(self) -> dict[str, list[str]]:
+        """Playback (sink-inputs) and recording (source-outputs) streams open on the server right now."""
+        return {
+            kind: self._run("pactl", "list", "short", kind).splitlines()
+            for kind in ("sink-inputs", "source-outputs")
+        }
+
     def stop(self) -> None:
         for key, value in self._saved_env.items():
             if value is None:

@@ -287,3 +287,69 @@ async def test_subprotocol_origin_and_token_rules_on_a_live_server(server_factor
         ) as ws:
             assert ws.subprotocol is None
             await _until(ws, "session.created")
+
+
+async def test_manual_mode_bounds_the_uncommitted_audio(server_factory):
+    async with server_factory(max_queued_audio_s=1) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/v1/realtime") as ws:
+            await _until(ws, "session.created")
+            await ws.send(
+                json.dumps(
+                    {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+                )
+            )
+            await _until(ws, "session.updated")
+            half_second = b64(np.zeros(12000, np.int16))
+            for _ in range(2):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": half_second}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": half_second}))
+            error = await _until(ws, "error")
+            assert error["error"]["code"] == "input_audio_buffer_full"
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            await _until(ws, "input_audio_buffer.cleared")
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": half_second}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit", "event_id": "mine"}))
+            committed = await _until(ws, "input_audio_buffer.committed")
+            assert committed["item_id"]
+
+
+async def test_barge_in_and_response_cancel_end_replies_as_cancelled(server_factory, question_24k):
+    # Long replies, so that each is certainly still being generated when it is cut.
+    async with (
+        server_factory(max_reply_tokens=96) as server,
+        connect(f"ws://127.0.0.1:{server.port}/v1/realtime") as ws,
+    ):
+        await _until(ws, "session.created")
+        # response.cancel: the reply ends `cancelled` by the client, and its item can be truncated.
+        await _ask_text(ws, "Tell me a long story about the sea.")
+        delta = await _until(ws, "response.output_audio.delta")
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        done = await _until(ws, "response.done")
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": delta["item_id"],
+                    "content_index": 0,
+                    "audio_end_ms": 20,
+                }
+            )
+        )
+        truncated = await _until(ws, "conversation.item.truncated")
+        assert truncated["item_id"] == delta["item_id"] and truncated["audio_end_ms"] == 20
+        # Barge-in: speaking over a reply cancels it (turn detected), then the new question is answered.
+        await _ask_text(ws, "Tell me a long story about the sea.")
+        await _until(ws, "response.output_audio.delta")
+        for start in range(0, len(question_24k), 2400):
+            await ws.send(
+                json.dumps(
+                    {"type": "input_audio_buffer.append", "audio": b64(question_24k[start : start + 2400])}
+                )
+            )
+        events: list[dict] = []
+        cancelled = await _until(ws, "response.done", events)
+        assert cancelled["response"]["status"] == "cancelled", cancelled["response"]
+        assert cancelled["response"]["status_details"]["reason"] == "turn_detected"
+        assert "input_audio_buffer.speech_started" in [e["type"] for e in events]

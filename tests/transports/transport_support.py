@@ -9,10 +9,10 @@ from app.config import load_config
 QUESTION_WAV = Path(__file__).resolve().parents[2] / "assets" / "question.wav"  # "...tallest mountain..."
 
 
-def make_config(**server_settings):
+def make_config(max_reply_tokens: int = 24, **server_settings):
     config = load_config(environ={})
     config.server.port = 0
-    config.llm.max_reply_tokens = 24  # short replies keep the suite fast; the transport is what is tested
+    config.llm.max_reply_tokens = max_reply_tokens  # short replies keep the suite fast
     for name, value in server_settings.items():
         config.set(f"server.{name}", value)
     return config

@@ -1,0 +1,54 @@
+"""`specvoice client` end to end: a file streamed to a live server, the reply saved as a WAV."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import soundfile
+from transport_support import QUESTION_WAV, make_config
+
+from app.cli import main
+from app.server import Server
+
+
+@pytest.fixture
+def threaded_server(assistant):
+    """A server on its own event loop thread, so the synchronous CLI can talk to it from the test."""
+    loop = asyncio.new_event_loop()
+    server = Server(assistant, make_config())
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(60)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(60)
+    loop.close()
+
+
+def test_client_streams_a_file_and_saves_the_reply(threaded_server, tmp_path, capsys):
+    out = tmp_path / "reply.wav"
+    url = f"ws://127.0.0.1:{threaded_server.port}/v1/realtime"
+    assert main(["client", url, "--file", str(QUESTION_WAV), "--save", str(out), "--fast"]) == 0
+    printed = capsys.readouterr().out
+    assert "you:" in printed and "mountain" in printed.lower() and "assistant:" in printed
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == 24000 and len(audio) > rate // 2 and np.abs(audio).max() > 0.03
+
+
+def test_client_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["client", "--file", str(tmp_path / "missing.wav")]) == 2
+    assert main(["client", "ws://127.0.0.1:9/v1/realtime", "--text", "hi", "--timeout", "5"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("specvoice: error:") for line in lines), lines
