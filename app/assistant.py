@@ -70,22 +70,20 @@ class Assistant:
 
 
 def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> Engine:
-    """The LLM target and drafter of a profile, on the device and dtype the config and hardware allow."""
+    """The LLM target and drafter of a profile, on the device and number format the hardware allows
+    (`llm.backends` decides: FP8 target on H100-class GPUs, bf16 on other GPUs, fp32 on CPU)."""
+    from llm.backends import prepare_model, select_backend
     from llm.engine import Engine
 
-    device, dtype = resolve_backend(profile, config)
+    target = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
     draft = profile.draft
     if draft not in ("ngram", "none", ""):
         draft = str(fetch(draft, offline=offline))
-    return Engine.load(fetch(profile.llm, offline=offline), draft=draft, dtype=dtype, device=device,
-                       k_min=config.llm.k_min, k_max=config.llm.k_max)
-
-
-def resolve_backend(profile: Profile, config: Config):
-    """(device, torch dtype) from the config, falling back to the profile's choice for "auto"."""
-    import torch
-
-    device = profile.device if config.llm.device == "auto" else config.llm.device
-    dtype_name = profile.dtype if config.llm.dtype == "auto" else config.llm.dtype
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    return device, dtypes[dtype_name]
+    engine = Engine.load(fetch(profile.llm, offline=offline), draft=draft, dtype=target.dtype,
+                         device=str(target.device), k_min=config.llm.k_min, k_max=config.llm.k_max)
+    prepare_model(engine.target, target)
+    if engine.draft_model is not None:
+        prepare_model(engine.draft_model, select_backend(config.llm.device, config.llm.dtype,
+                                                         profile=profile.name, role="draft"))
+    log.info("llm backend: %s (%s); drafter: %s", target.name, target.reason, engine.drafter_name)
+    return engine

@@ -98,7 +98,10 @@ def wer(pairs: list[tuple[str, str]]) -> float:
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}
-    return {"p50": round(float(np.percentile(values, 50)), 1), "p95": round(float(np.percentile(values, 95)), 1)}
+    return {
+        "p50": round(float(np.percentile(values, 50)), 1),
+        "p95": round(float(np.percentile(values, 95)), 1),
+    }
 
 
 def make_questions(voice: Any, quick: bool) -> list[Question]:
@@ -191,7 +194,9 @@ async def stream_question(assistant: Any, q: Question, conv_config: Any, wait_s:
     return result
 
 
-def sequential_question(assistant: Any, q: Question, hangover_ms: int, max_tokens: int, out_rate: int) -> Result:
+def sequential_question(
+    assistant: Any, q: Question, hangover_ms: int, max_tokens: int, out_rate: int
+) -> Result:
     """Wait for a fixed hangover, then transcribe, generate and synthesise everything, one after another."""
     from asr.vad import FRAME, StreamingVAD
     from tts.stream import resample_int16
@@ -214,7 +219,7 @@ def sequential_question(assistant: Any, q: Question, hangover_ms: int, max_token
     started = time.perf_counter()
     transcript = assistant.transcriber.transcribe(utterance).text
     asr_done = time.perf_counter()
-    session = assistant.llm.new_session(system_prompt=assistant.config.llm.system_prompt)
+    session = assistant.new_session()
     session.revise(transcript or "...")
     reply = "".join(delta.text for delta in session.generate(max_tokens=max_tokens))
     llm_done = time.perf_counter()
@@ -259,6 +264,7 @@ async def run_bench(assistant: Any, quick: bool = False, max_tokens: int = 32, w
     conv_config = dataclasses.replace(base, echo_policy="full_duplex", max_reply_tokens=max_tokens)
     questions = make_questions(assistant.voice, quick)
     offline = [assistant.transcriber.transcribe(q.audio).text for q in questions]
+    await stream_question(assistant, questions[0], conv_config, wait_s)  # warm-up (first calls), not measured
     ours: list[Result] = []
     for i, q in enumerate(questions):
         r = await stream_question(assistant, q, conv_config, wait_s)
@@ -270,7 +276,10 @@ async def run_bench(assistant: Any, quick: bool = False, max_tokens: int = 32, w
         r = sequential_question(assistant, q, base.hangover_ms, max_tokens, base.output_sample_rate)
         sequential.append(r)
         log(f"  sequential {i + 1:2d}/{len(questions)} eos->audio {r.eos_to_audio_ms} ms  {r.transcript!r}")
-    report = {"ours": summarize(ours, questions, offline), "sequential": summarize(sequential, questions, offline)}
+    report = {
+        "ours": summarize(ours, questions, offline),
+        "sequential": summarize(sequential, questions, offline),
+    }
     a, b = report["ours"]["eos_to_audio_ms"]["p50"], report["sequential"]["eos_to_audio_ms"]["p50"]
     report["ratio_p50"] = round(b / a, 2) if a and b else None
     report["settings"] = {

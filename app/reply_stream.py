@@ -48,7 +48,7 @@ class Lanes:
     asr: Lane
     llm: Lane
     tts: Lane
-    cache: dict[str, Any] = field(default_factory=dict)  # per-assistant helpers (e.g. the ASR decoder)
+    cache: dict[Any, Any] = field(default_factory=dict)  # per-assistant helpers (ASR decoder, voices)
 
 
 def lanes_for(assistant: Any) -> Lanes:
@@ -59,6 +59,49 @@ def lanes_for(assistant: Any) -> Lanes:
             lanes = Lanes(Lane("asr"), Lane("llm"), Lane("tts"))
             assistant._specvoice_lanes = lanes
         return lanes
+
+
+class SessionOps:
+    """Every change to one conversation's LLM session, in request order (an asyncio lock, the LLM lane).
+
+    Order matters because the session's discard/truncate act on *the latest* reply: a truncation asked
+    for at a barge-in must land before the next reply is prepared, and it does, as the lock is FIFO.
+    """
+
+    def __init__(self, session: Any, lane: Lane, spawn: Callable[[Any], asyncio.Task]) -> None:
+        self.session, self.lane, self._spawn = session, lane, spawn
+        self.lock = asyncio.Lock()
+        self.want_text: str | None = None
+        self.fed_text: str | None = None
+        self._feeder: asyncio.Task | None = None
+
+    def feed(self, text: str) -> None:
+        """Prefill the user's words while they speak (latest text wins, one call at a time)."""
+        self.want_text = text
+        if self._feeder is None or self._feeder.done():
+            self._feeder = self._spawn(self._feed_loop())
+
+    async def _feed_loop(self) -> None:
+        while (want := self.want_text) is not None and want != self.fed_text:
+            async with self.lock:
+                if want != self.want_text:  # superseded while waiting (newer words, or a reply took over)
+                    continue
+                await self.lane.run(self.session.revise, want)
+            self.fed_text = want
+
+    async def forget(self, reply: Reply) -> None:
+        """A reply nobody heard: the session drops it and reopens the user turn it answered."""
+        async with self.lock:  # queued behind the generation it stops, ahead of any later reply
+            if reply.prepared:
+                await self.lane.run(self.session.discard_reply)
+                self.fed_text = None
+
+    async def truncate(self, reply: Reply, heard: str) -> None:
+        """A reply cut short: the history keeps only what was heard."""
+        async with self.lock:
+            if reply.prepared:
+                await self.lane.run(self.session.truncate_reply, heard)
+                self.fed_text = None
 
 
 def new_reply_id() -> str:
@@ -178,8 +221,15 @@ class Reply:
             self.emit_out(Metrics(self.id, self.timings()))
 
 
-async def run_reply(reply: Reply, session: Any, lanes: Lanes, llm_lock: asyncio.Lock,
-                    synthesizer: PieceSynthesizer, max_tokens: int, sampling: Any) -> None:
+async def run_reply(
+    reply: Reply,
+    session: Any,
+    lanes: Lanes,
+    llm_lock: asyncio.Lock,
+    synthesizer: PieceSynthesizer,
+    max_tokens: int,
+    sampling: Any,
+) -> None:
     """Generate, segment and synthesise one reply; emits through the reply's gate."""
     reply.mark("created")
     if reply.confirmed:
@@ -236,8 +286,13 @@ async def run_reply(reply: Reply, session: Any, lanes: Lanes, llm_lock: asyncio.
         reply.send_metrics()
 
 
-async def _speak(reply: Reply, pieces: asyncio.Queue[str | None], lanes: Lanes,
-                 synthesizer: PieceSynthesizer, first_piece_done: asyncio.Event) -> None:
+async def _speak(
+    reply: Reply,
+    pieces: asyncio.Queue[str | None],
+    lanes: Lanes,
+    synthesizer: PieceSynthesizer,
+    first_piece_done: asyncio.Event,
+) -> None:
     try:
         while (piece := await pieces.get()) is not None:
             if reply.cancelled:

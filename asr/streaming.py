@@ -78,7 +78,10 @@ class ShortWindowDecoder:
         self.pad_s = pad_s
         multilingual = bool(whisper_model.model.is_multilingual)
         self.tokenizer = Tokenizer(
-            whisper_model.hf_tokenizer, multilingual, task="transcribe", language=language if multilingual else "en"
+            whisper_model.hf_tokenizer,
+            multilingual,
+            task="transcribe",
+            language=language if multilingual else "en",
         )
 
     def decode(self, audio: np.ndarray, prompt: str | None = None, timestamps: bool = False) -> DecodeResult:
@@ -119,8 +122,9 @@ class ShortWindowDecoder:
         if prompt and prompt.strip():
             prefix = [tk.sot_prev] + tk.encode(" " + prompt.strip())[-100:]
         prefix += list(tk.sot_sequence) + [tk.no_timestamps]
+        # CTranslate2's Whisper stops at about max_length / 2 generated tokens (measured): ask for 2x.
         result = self.model.model.generate(
-            encoded, [prefix], beam_size=1, max_length=cap, suppress_blank=True, suppress_tokens=[-1]
+            encoded, [prefix], beam_size=1, max_length=2 * cap, suppress_blank=True, suppress_tokens=[-1]
         )[0]
         ids = [i for i in result.sequences_ids[0] if i < tk.eot]
         return tk.decode(ids).strip(), ids, encoded, frames

@@ -26,8 +26,9 @@ def clean_for_speech(text: str) -> str:
 class Segmenter:
     """Feed text deltas with `push()`; collect complete pieces; `flush()` at the end of the reply."""
 
-    def __init__(self, first_min_words: int = 1, first_max_words: int = 3, min_words: int = 3,
-                 max_chars: int = 200) -> None:
+    def __init__(
+        self, first_min_words: int = 1, first_max_words: int = 3, min_words: int = 3, max_chars: int = 200
+    ) -> None:
         self.first_min_words = first_min_words
         self.first_max_words = first_max_words
         self.min_words = min_words
@@ -85,7 +86,7 @@ class Segmenter:
     def _is_abbreviation(text: str, i: int) -> bool:
         if text[i] != ".":
             return False
-        word = text[: i].split()[-1].lower() if text[:i].split() else ""
+        word = text[:i].split()[-1].lower() if text[:i].split() else ""
         return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
     @staticmethod

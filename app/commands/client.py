@@ -189,7 +189,11 @@ def run(args: argparse.Namespace, config) -> int:
 
     token = args.token or os.environ.get("SPECVOICE_SERVER_TOKEN") or config.server.token
     if args.mic:
-        return asyncio.run(_mic_session(args.url, token))
+        try:
+            return asyncio.run(_mic_session(args.url, token))
+        except KeyboardInterrupt:
+            print("\nbye", flush=True)
+            return 0
     audio = None
     if args.file:
         from app.audio import AudioError, read_audio, to_int16
@@ -246,6 +250,7 @@ async def _mic_session(url: str, token: str | None) -> int:
     loop = asyncio.get_running_loop()
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=200)
     playback = PlaybackBuffer()
+    last_item: list[str] = []  # the assistant item being played
 
     def on_mic(indata, frames, time_info, status) -> None:
         chunk = indata[:, 0].copy()
@@ -257,11 +262,21 @@ async def _mic_session(url: str, token: str | None) -> int:
             async for raw in ws:
                 event = json.loads(raw)
                 kind = event.get("type")
-                if kind == "input_audio_buffer.speech_started":
+                if kind == "input_audio_buffer.speech_started":  # barge-in: stop, say how much was heard
+                    if not playback.idle.is_set() and last_item:
+                        heard_ms = 1000.0 * playback.played_samples.get(last_item[0], 0) / RATE
+                        truncate = {
+                            "type": "conversation.item.truncate",
+                            "item_id": last_item[0],
+                            "content_index": 0,
+                            "audio_end_ms": int(heard_ms),
+                        }
+                        await ws.send(json.dumps(truncate))
                     playback.clear()
                 elif kind == "conversation.item.input_audio_transcription.completed":
                     print(f"you:       {event['transcript']}", flush=True)
                 elif kind == "response.output_audio.delta":
+                    last_item[:] = [event["item_id"]]
                     playback.add(
                         event["item_id"], np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2")
                     )

@@ -107,16 +107,21 @@ class PlaybackBuffer:
         self._lock = threading.Lock()
         self._chunks: collections.deque[tuple[str, np.ndarray]] = collections.deque()
         self.played_samples: dict[str, int] = {}
+        self.idle = threading.Event()  # set whenever nothing is left to play
+        self.idle.set()
 
     def add(self, reply_id: str, pcm: np.ndarray) -> None:
         with self._lock:
             self._chunks.append((reply_id, pcm.astype(np.int16, copy=False)))
+            self.idle.clear()
 
     def clear(self, reply_id: str | None = None) -> None:
         with self._lock:
             self._chunks = collections.deque(
                 c for c in self._chunks if reply_id is not None and c[0] != reply_id
             )
+            if not self._chunks:
+                self.idle.set()
 
     @property
     def busy(self) -> bool:
@@ -137,6 +142,8 @@ class PlaybackBuffer:
                     self._chunks.popleft()
                 else:
                     self._chunks[0] = (reply_id, pcm[n:])
+            if not self._chunks:
+                self.idle.set()
         out[filled:] = 0
         if outdata.ndim == 2 and outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]
@@ -183,6 +190,7 @@ async def talk_loop(
     output_device: int | None = None,
     stop: asyncio.Event | None = None,
     printer: Printer | None = None,
+    playback: PlaybackBuffer | None = None,
 ) -> None:
     """Run one conversation between the microphone and the speakers until `stop` is set or cancelled."""
     from app import events as ev
@@ -193,7 +201,7 @@ async def talk_loop(
     mic: asyncio.Queue[np.ndarray] = asyncio.Queue(
         maxsize=500
     )  # 10 s; beyond that drop, never block PortAudio
-    playback = PlaybackBuffer()
+    playback = playback or PlaybackBuffer()
 
     def on_mic(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         chunk = indata[:, 0].copy()

@@ -24,28 +24,3 @@ def question_audio(speak) -> Callable[..., np.ndarray]:
         return np.concatenate(chunks).astype(np.float32)
 
     return _make
-
-
-@pytest.fixture(scope="session")
-def conv_assistant(request):
-    """The shared Assistant (tests/conftest.py). TEMPORARY fallback while llm.session.LLM is being written."""
-    try:
-        from llm.session import LLM  # noqa: F401
-    except ImportError:
-        import types
-
-        from app.config import load_config
-        from app.conversation import Conversation
-        from llm.engine import Engine
-        from llm.session import Session
-
-        engine = Engine.load(request.getfixturevalue("llm_model_dir"), draft="ngram")
-        ns = types.SimpleNamespace(
-            config=load_config(environ={}),
-            transcriber=request.getfixturevalue("transcriber"),
-            voice=request.getfixturevalue("voice"),
-            llm=types.SimpleNamespace(new_session=lambda system_prompt="": Session(engine, system_prompt=system_prompt)),
-        )
-        ns.conversation = lambda config=None: Conversation(ns, config)
-        return ns
-    return request.getfixturevalue("assistant")

@@ -48,7 +48,9 @@ class Driver:
                 self.events.append(event)
                 self._changed.notify_all()
 
-    async def push(self, audio: np.ndarray, rate: int = RATE, chunk_ms: int = 20, settle_ms: int = 100) -> None:
+    async def push(
+        self, audio: np.ndarray, rate: int = RATE, chunk_ms: int = 20, settle_ms: int = 100
+    ) -> None:
         chunk = rate * chunk_ms // 1000
         since_settle = 0
         for i in range(0, len(audio), chunk):

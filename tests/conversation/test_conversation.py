@@ -18,8 +18,8 @@ def config(**changes) -> ConversationConfig:
     return ConversationConfig(**base)
 
 
-async def test_spoken_question_gets_a_spoken_reply_in_a_valid_event_order(conv_assistant, question_audio):
-    conv = conv_assistant.conversation(config())
+async def test_spoken_question_gets_a_spoken_reply_in_a_valid_event_order(assistant, question_audio):
+    conv = assistant.conversation(config())
     driver = Driver(conv)
     await driver.push(question_audio("What is the capital of France?"))
     done = await driver.wait_for(lambda e: e.type == "metrics", "metrics")
@@ -45,9 +45,9 @@ async def test_spoken_question_gets_a_spoken_reply_in_a_valid_event_order(conv_a
     assert history[1]["content"] == finals[0].text
 
 
-async def test_jfk_final_transcript_matches_offline(conv_assistant, jfk_audio, transcriber):
+async def test_jfk_final_transcript_matches_offline(assistant, jfk_audio, transcriber):
     # jfk pauses for up to ~1.3 s mid-speech: a long hangover keeps it one turn.
-    conv = conv_assistant.conversation(config(hangover_ms=2500, complete_hangover_ms=2500, auto_respond=False))
+    conv = assistant.conversation(config(hangover_ms=2500, complete_hangover_ms=2500, auto_respond=False))
     driver = Driver(conv)
     await driver.push(jfk_audio)
     await driver.push(silence(2800))
@@ -59,11 +59,13 @@ async def test_jfk_final_transcript_matches_offline(conv_assistant, jfk_audio, t
     assert not driver.of_type("reply_started")  # auto_respond=False
 
 
-async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(conv_assistant, question_audio):
+async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(assistant, question_audio):
     # A 400 ms pause: longer than the preemptive trigger (96 ms), well inside the hangover (700 ms here, so
     # the test does not depend on Piper's random prosody moving the VAD's end of speech by ~100 ms).
-    audio = question_audio("Can you tell me the name of", "the largest planet in our solar system?", pause_ms=400)
-    conv = conv_assistant.conversation(config(hangover_ms=700, complete_hangover_ms=700))
+    audio = question_audio(
+        "Can you tell me the name of", "the largest planet in our solar system?", pause_ms=400
+    )
+    conv = assistant.conversation(config(hangover_ms=700, complete_hangover_ms=700))
     driver = Driver(conv)
     await driver.push(audio)
     await driver.wait_for(lambda e: e.type == "metrics", "metrics")
@@ -82,13 +84,17 @@ async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(conv_assist
     assert [m["content"] for m in user_turns] == [final]  # the dropped reply left no trace
 
 
-async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(conv_assistant, question_audio, speak):
-    conv = conv_assistant.conversation(config(echo_policy="full_duplex", max_reply_tokens=48))
+async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(assistant, question_audio, speak):
+    conv = assistant.conversation(config(echo_policy="full_duplex", max_reply_tokens=48))
     driver = Driver(conv)
     await driver.push(question_audio("Tell me a long story about a brave little dragon.", tail_ms=700))
     first = await driver.wait_for(lambda e: e.type == "reply_audio", "reply_audio")
-    await driver.wait_for(lambda e: e.type == "reply_audio" and sum(
-        x.duration_ms for x in driver.of_type("reply_audio")) > 1500, "1.5 s of reply audio")
+    await driver.wait_for(
+        lambda e: (
+            e.type == "reply_audio" and sum(x.duration_ms for x in driver.of_type("reply_audio")) > 1500
+        ),
+        "1.5 s of reply audio",
+    )
     conv.played(first.reply_id, 1200.0)  # what the sink says it has played when the user cuts in
     await driver.push(speak("Please wait a moment."))
     interrupted = await driver.wait_for(lambda e: e.type == "interrupted", "interrupted")
@@ -112,12 +118,13 @@ async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(conv_ass
     assert {"wait", "moment"} & set(words(history[3]["content"]))  # the barge-in became the next user turn
 
 
-async def test_two_conversations_share_models_without_sharing_state(conv_assistant, question_audio):
-    a = Driver(conv_assistant.conversation(config()))
-    b = Driver(conv_assistant.conversation(config(output_sample_rate=16000)))
+async def test_two_conversations_share_models_without_sharing_state(assistant, question_audio):
+    a = Driver(assistant.conversation(config()))
+    b = Driver(assistant.conversation(config(output_sample_rate=16000)))
     await asyncio.gather(a.push(question_audio("What color is the sky?")), b.conv.send_text("Name a fruit."))
     await asyncio.gather(
-        a.wait_for(lambda e: e.type == "metrics", "metrics A"), b.wait_for(lambda e: e.type == "metrics", "metrics B")
+        a.wait_for(lambda e: e.type == "metrics", "metrics A"),
+        b.wait_for(lambda e: e.type == "metrics", "metrics B"),
     )
     await a.close()
     await b.close()
@@ -134,8 +141,8 @@ async def test_two_conversations_share_models_without_sharing_state(conv_assista
     assert len(users_a) == 1 and "sky" in words(users_a[0])
 
 
-async def test_manual_commit_and_bad_input(conv_assistant, question_audio):
-    conv = conv_assistant.conversation(config(turn_detection=None, auto_respond=False))
+async def test_manual_commit_and_bad_input(assistant, question_audio):
+    conv = assistant.conversation(config(turn_detection=None, auto_respond=False))
     driver = Driver(conv)
     await driver.push(question_audio("Good morning.", tail_ms=300), rate=16000)
     assert words(await conv.commit()) == ["good", "morning"]

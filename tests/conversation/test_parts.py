@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conv_helpers import words
 
-from app.conversation import reads_complete
+from asr.endpointing import reads_complete
 from asr.streaming import ShortWindowDecoder, StreamingTranscriber, common_prefix_length, loop_start
 from asr.vad import FRAME, StreamingVAD
 from tts.segmenter import Segmenter
@@ -54,7 +54,9 @@ def test_reads_complete():
 
 def test_segmenter_first_piece_is_short_and_nothing_is_lost():
     seg = Segmenter()
-    text = "Sure, I can help with that. The capital of France is Paris, a city of art. Dr. Lee says 3.5 is fine."
+    text = (
+        "Sure, I can help with that. The capital of France is Paris, a city of art. Dr. Lee says 3.5 is fine."
+    )
     pieces: list[str] = []
     for token in text.replace(" ", " \x00").split("\x00"):  # word-sized deltas, spaces kept
         pieces += seg.push(token)

@@ -21,3 +21,13 @@ def hf_smol(llm_model_dir: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(llm_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny random-weight models are dominated by thread synchronisation (dramatically so on a busy
+    2-core machine): one intra-op thread is much faster for them. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from llm_testutil import random_model, tiny_args
 
@@ -15,6 +16,7 @@ from llm.engine import AdaptiveK, generate_ids, speculative_step
 from llm.model import Transformer
 from llm.sampling import SamplingParams, probabilities
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 8
 
 

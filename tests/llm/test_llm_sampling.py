@@ -15,6 +15,7 @@ import torch
 
 from llm.sampling import SamplingParams, accept_greedy, accept_sampled, probabilities, sample
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 DRAWS = 100_000
 V = 10
 TV_LIMIT = 0.01  # sampling noise at 100k draws over 10 categories is ~0.003

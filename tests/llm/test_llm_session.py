@@ -51,6 +51,7 @@ def check(session: Session, engine: Engine) -> None:
     torch.testing.assert_close(ours, fresh_logits(engine, session.tokens()), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_random_extend_revise_sequences_equal_fresh_prefill(tiny_engine):
     rng = random.Random(0)
     for _ in range(12):
@@ -75,6 +76,7 @@ def test_random_extend_revise_sequences_equal_fresh_prefill(tiny_engine):
                 check(session, tiny_engine)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_chat_template_and_history_edits(tiny_engine, tokenizer):
     session = Session(tiny_engine, system_prompt=SYSTEM)
     session.add_turn("Hi there", "Hello! How can I help?")
@@ -99,6 +101,7 @@ def test_chat_template_and_history_edits(tiny_engine, tokenizer):
         Session(tiny_engine, system_prompt=SYSTEM).end_user_turn()
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_streaming_deltas_stop_strings_and_cancel(tiny_engine, tokenizer):
     session = Session(tiny_engine, system_prompt=SYSTEM, seed=1)
     session.add_turn("Say something long")
@@ -127,6 +130,7 @@ def test_streaming_deltas_stop_strings_and_cancel(tiny_engine, tokenizer):
     check(session, tiny_engine)
 
 
+@pytest.mark.usefixtures("one_thread")
 async def test_agenerate_cancels_within_a_step(tiny_engine):
     session = Session(tiny_engine, system_prompt=SYSTEM, seed=2)
     session.add_turn("Count to one hundred")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pulse_harness
 import pytest
 from transport_support import QUESTION_WAV, make_config
 
@@ -37,3 +38,16 @@ def question_8k() -> np.ndarray:
     from app.audio import read_audio, to_int16
 
     return to_int16(read_audio(QUESTION_WAV, rate=8000))
+
+
+@pytest.fixture
+def pulse_server():
+    """A private PulseAudio server (virtual microphone + recorded speakers) for this process and its children."""
+    if pulse_harness.available() is not None:
+        pytest.skip(pulse_harness.available())
+    server = pulse_harness.PulseServer().start()
+    server.apply_env()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -52,3 +55,35 @@ def test_client_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["client", "ws://127.0.0.1:9/v1/realtime", "--text", "hi", "--timeout", "5"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("specvoice: error:") for line in lines), lines
+
+
+def test_client_mic_mode_over_pulseaudio_then_ctrl_c(threaded_server, pulse_server):
+    """`specvoice client --mic` in its own process: hears the virtual microphone, prints the exchange, and
+    stops cleanly on SIGINT (no traceback, exit 0)."""
+    url = f"ws://127.0.0.1:{threaded_server.port}/v1/realtime"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "client", url, "--mic"],
+        env=pulse_server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends if the client dies
+            lines.append(line)
+            if line.startswith("listening"):
+                pulse_server.speak(QUESTION_WAV).wait(30)
+            if line.startswith("assistant:"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    transcript = "".join(lines)
+    assert "mountain" in transcript.lower() and "assistant:" in transcript, (transcript, proc.stderr)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "bye" in out

@@ -16,16 +16,6 @@ from transport_support import QUESTION_WAV, make_config, mentions_mountain
 pytestmark = pytest.mark.skipif(pulse.available() is not None, reason=str(pulse.available()))
 
 
-@pytest.fixture
-def pulse_server():
-    server = pulse.PulseServer().start()
-    server.apply_env()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def specvoice(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120
@@ -56,7 +46,7 @@ def test_no_audio_device_gives_one_clear_line(tmp_path):
 async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assistant, tmp_path):
     import sounddevice
 
-    from app.commands.talk import Printer, talk_loop
+    from app.commands.talk import PlaybackBuffer, Printer, talk_loop
 
     lines: list[str] = []
     replied = asyncio.Event()
@@ -76,10 +66,14 @@ async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assist
     conv_config = dataclasses.replace(config.conversation, echo_policy="half_duplex")
     recording = tmp_path / "reply.wav"
     recorder = pulse_server.record(recording)
-    talk = asyncio.create_task(talk_loop(assistant, conv_config, sounddevice, printer=Recorder()))
+    playback = PlaybackBuffer()
+    talk = asyncio.create_task(
+        talk_loop(assistant, conv_config, sounddevice, printer=Recorder(), playback=playback)
+    )
     speaker = pulse_server.speak(QUESTION_WAV)
     try:
         await asyncio.wait_for(asyncio.shield(replied.wait()), 180)
+        assert await asyncio.to_thread(playback.idle.wait, 120), "the reply never finished playing"
         # Ctrl-C under asyncio.run cancels the main task: that must close the streams and the conversation.
         talk.cancel()
         with pytest.raises(asyncio.CancelledError):
