@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 QUESTION = Path(__file__).resolve().parent.parent / "assets" / "question.wav"
 
 
@@ -104,6 +106,7 @@ async def _one_level(url: str, sessions: int, rounds: int, audio: np.ndarray) ->
                 result = await converse(url, audio=audio, realtime=True, timeout=120)
             except Exception as exc:
                 errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+                log.info("client %d failed", index, exc_info=True)
                 continue
             errors.extend(f"client {index}: {m}" for m in result.errors)
             if result.status != "completed" or not result.reply_audio.size or result.first_audio_ms is None:

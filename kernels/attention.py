@@ -46,8 +46,11 @@ def verify_attention_reference(
     v_cache: torch.Tensor,
     start: int | torch.Tensor,
     sm_scale: float | None = None,
+    accumulate: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Plain torch, fp32 softmax: the function the Triton kernel computes."""
+    """Plain torch, fp32 softmax: the function the Triton kernel computes. `accumulate=torch.float64`
+    makes each row's result independent of how many rows share the call (to fp32 precision), which the
+    CPU FP8 path uses so a verify scores positions exactly like single steps (see kernels.fp8_ops)."""
     _check_shapes(q, k_cache, v_cache)
     b, h, t, d = q.shape
     h_kv = k_cache.shape[1]
@@ -57,9 +60,9 @@ def verify_attention_reference(
     if not isinstance(start, torch.Tensor):  # a known position: don't touch the cache beyond it
         length = min(length, int(start) + t)
     starts = _start_tensor(start, b, q.device).long()
-    keys = k_cache[:, :, :length].float()
-    values = v_cache[:, :, :length].float()
-    qg = q.float().reshape(b, h_kv, g, t, d)
+    keys = k_cache[:, :, :length].to(accumulate)
+    values = v_cache[:, :, :length].to(accumulate)
+    qg = q.to(accumulate).reshape(b, h_kv, g, t, d)
     scores = torch.einsum("bkgtd,bkld->bkgtl", qg, keys) * sm_scale
     q_pos = starts[:, None] + torch.arange(t, device=q.device)[None, :]  # [B, T]
     visible = torch.arange(length, device=q.device)[None, None, :] <= q_pos[:, :, None]  # [B, T, L]

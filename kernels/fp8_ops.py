@@ -1,10 +1,16 @@
 """FP8 (float8_e4m3fn) quantisation and the scaled matmul, shared by the kernels and `llm.fp8`.
 
 Scheme: weights per output channel (one fp32 scale per row of the [N, K] weight), activations per token
-(one scale per row of the [M, K] input, computed at run time from that row's absolute maximum). The
-product of two e4m3 numbers is exact in fp32, so `fp8_matmul`'s CPU emulation (exact fp8 values → fp32
-matmul → scales) is the same arithmetic as `torch._scaled_mm` up to the summation order; the tests check
-that against `_scaled_mm` itself, which runs on CPU in torch ≥ 2.10 but ~100× slower than the emulation.
+(one scale per row of the [M, K] input, computed at run time from that row's absolute maximum).
+
+CPU emulation of `torch._scaled_mm` (which runs on CPU too, but ~100× slower): every e4m3 value is a
+multiple of 2⁻⁹ below 448, so each product is a multiple of 2⁻¹⁸ below 2¹⁸ and any sum of K ≤ 2¹⁰·⁵ of
+them fits in 47 bits — float64 adds them *exactly*, in any order. The emulation is therefore the exact
+real-number result (`_scaled_mm`'s fp32 accumulation differs from it by ~1e-7 relative; the tests check
+that), and it is batch-invariant: a row's result does not depend on how many other rows share the call.
+That matters for speculative decoding: FP8 requantises every layer's input, so the tiny rounding
+differences between a (k+1)-row verify and a 1-row step would otherwise flip fp8 roundings and grow
+into different greedy tokens at near-ties.
 """
 
 from __future__ import annotations
@@ -66,14 +72,16 @@ def fp8_matmul(
 ) -> torch.Tensor:
     """(a_q · a_scale) @ (w_q · w_scale)ᵀ for a_q [M, K] fp8, a_scale [M, 1], w_q [N, K] fp8, w_scale [N].
 
-    On CUDA this is `torch._scaled_mm`. On CPU (default) it is the exact emulation: `w_dequant` may hold
-    `w_q.float()` cached by the caller so the weight is not converted on every call.
+    On CUDA this is `torch._scaled_mm`. On CPU (default) it is the exact float64 emulation (module
+    docstring): `w_dequant` may hold `w_q.double()` cached by the caller so the weight is not converted on
+    every call.
     """
     if use_scaled_mm is None:
         use_scaled_mm = a_q.is_cuda
     if use_scaled_mm:
         return _scaled_mm_rowwise(a_q, a_scale, w_q, w_scale, out_dtype)
-    w32 = w_dequant if w_dequant is not None else w_q.float()
-    out = (a_q.float() @ w32.t()) * a_scale.reshape(-1, 1).float() * w_scale.reshape(1, -1).float()
+    w64 = w_dequant if w_dequant is not None else w_q.double()
+    exact = a_q.double() @ w64.t()
+    out = exact * a_scale.reshape(-1, 1).double() * w_scale.reshape(1, -1).double()
     return out.to(out_dtype)
 

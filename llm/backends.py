@@ -149,8 +149,11 @@ def prepare_model(model: nn.Module, backend: Backend, *, fuse_norm: bool = True)
         n = convert_to_fp8(model)
         fused = fuse_norms(model) if fuse_norm else 0
         log.info("fp8: %d linear layers converted, %d fused with their RMSNorm", n, fused)
-    if backend.kernels and backend.device.type == "cuda" and hasattr(model, "set_attention"):
-        model.set_attention(kernel_attention)
+    if hasattr(model, "set_attention"):
+        if backend.kernels and backend.device.type == "cuda":
+            model.set_attention(kernel_attention)
+        elif backend.fp8 and backend.device.type == "cpu":
+            model.set_attention(batch_invariant_attention)
     return model
 
 
@@ -159,6 +162,16 @@ def kernel_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     from kernels.attention import verify_attention
 
     return verify_attention(q, k_cache, v_cache, start_pos)
+
+
+def batch_invariant_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos, T: int
+) -> torch.Tensor:
+    """CPU FP8 attention hook: float64 accumulation, so a (k+1)-token verify gives each position the same
+    fp32 attention output as a 1-token step, and the fp8 requantisation that follows cannot diverge."""
+    from kernels.attention import verify_attention_reference
+
+    return verify_attention_reference(q, k_cache, v_cache, start_pos, accumulate=torch.float64).to(q.dtype)
 
 
 def describe_hardware() -> dict[str, object]:

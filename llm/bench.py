@@ -184,14 +184,16 @@ def verify_costs(folder: Path, dtypes=("float32", "bfloat16"), repeats: int = 7)
 def run(args: argparse.Namespace, config) -> int:
     from transformers import AutoModelForCausalLM
 
-    from app.assistant import resolve_backend
     from app.profiles import resolve_profile
     from app.store import fetch
     from llm.engine import Engine
     from llm.loading import ensure_hf_folder, load_model
 
+    from llm.backends import select_backend
+
     profile = resolve_profile(config)
-    device, dtype = resolve_backend(profile, config)
+    backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
+    device, dtype = str(backend.device), backend.dtype
     if args.dtype:
         dtype = getattr(torch, args.dtype)
     drafter = args.drafter or profile.draft

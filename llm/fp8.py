@@ -6,8 +6,10 @@ close to halving the step time on H100/H200-class GPUs. Per-channel weight scale
 scales keep the error small without calibration data. Embeddings, norms and the LM head stay in the model's
 dtype: they are a small share of the bytes in an 8B model and the LM head decides the greedy token.
 
-On CPU the same arithmetic runs as an exact emulation (see `kernels.fp8_ops.fp8_matmul`) because CPU
-`_scaled_mm` is ~100× slower; the tests check the emulation against `_scaled_mm` itself.
+On CPU the same arithmetic runs as an exact, batch-invariant float64 emulation (see `kernels.fp8_ops`)
+because CPU `_scaled_mm` is ~100× slower; the tests check it against `_scaled_mm` itself. It keeps a
+float64 copy of each weight (8 bytes per weight): CPU FP8 is for correctness checks, fp32 is the fast
+CPU format.
 
 Two conversions, both in place on any module tree built from nn.Linear / RMSNorm (our `llm.model`):
 - `convert_to_fp8(model)`: every nn.Linear except the LM head → `FP8Linear`.
@@ -40,7 +42,7 @@ class FP8Linear(nn.Module):
         self.register_buffer("weight_scale", weight_scale.float())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.out_dtype = out_dtype
-        self._dequant: Tensor | None = None  # CPU emulation cache: the exact fp8 values as fp32
+        self._dequant: Tensor | None = None  # CPU emulation cache: the exact fp8 values as float64
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FP8Linear:
@@ -55,7 +57,7 @@ class FP8Linear(nn.Module):
         if self.weight_fp8.is_cuda:
             return None
         if self._dequant is None or self._dequant.device != self.weight_fp8.device:
-            self._dequant = self.weight_fp8.float()
+            self._dequant = self.weight_fp8.double()
         return self._dequant
 
     def forward(self, x: Tensor) -> Tensor:

@@ -115,7 +115,8 @@ class Session:
         if isinstance(engine, tuple):  # (model, tokenizer): plain decoding, no drafter
             engine = Engine(engine[0], engine[1], drafter_kind="none")
         self.engine, self.model, self.tokenizer = engine, engine.target, engine.tokenizer
-        self.max_context, self.chunk = max_context, chunk
+        # The cache never exceeds what the model's positions allow.
+        self.max_context, self.chunk = min(max_context, self.model.args.max_positions), chunk
         self.cache = self.model.new_cache(max_context)
         self.drafter = engine.new_drafter(max_context)
         self.k = AdaptiveK(engine.k_min, engine.k_max)

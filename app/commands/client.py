@@ -141,6 +141,7 @@ async def converse(
             await asyncio.wait_for(asyncio.shield(receiver), timeout)
         finally:
             receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)  # wait_for above already raised its error
     return result
 
 
@@ -286,17 +287,20 @@ async def _mic_session(url: str, token: str | None) -> int:
                     print(f"server error: {event['error']['message']}", file=sys.stderr, flush=True)
 
         receiver = asyncio.create_task(receive())
-        with (
-            sd.InputStream(
-                samplerate=RATE, channels=1, dtype="int16", blocksize=RATE * CHUNK_MS // 1000, callback=on_mic
-            ),
-            sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=playback.callback),
-        ):
-            print("listening (Ctrl-C to stop)", flush=True)
-            try:
+        try:
+            with (
+                sd.InputStream(
+                    samplerate=RATE,
+                    channels=1,
+                    dtype="int16",
+                    blocksize=RATE * CHUNK_MS // 1000,
+                    callback=on_mic,
+                ),
+                sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=playback.callback),
+            ):
+                print("listening (Ctrl-C to stop)", flush=True)
                 while not receiver.done():
                     await ws.send(_append(await mic.get()))
-            except (KeyboardInterrupt, asyncio.CancelledError):
-                pass
-        receiver.cancel()
+        finally:  # Ctrl-C cancels us here: streams and socket close on the way out
+            receiver.cancel()
     return 0

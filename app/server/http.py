@@ -120,7 +120,7 @@ def static_response(path: str) -> Response | None:
     name = STATIC_FILES.get(path)
     if name is None:
         return None
-    body = resources.files("app.web").joinpath(name).read_bytes()
+    body = resources.files("app").joinpath("web").joinpath(name).read_bytes()  # package data of `app`
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     if content_type.startswith("text/") or content_type.endswith("javascript"):
         content_type += "; charset=utf-8"

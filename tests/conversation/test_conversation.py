@@ -158,3 +158,20 @@ async def test_manual_commit_and_bad_input(assistant, question_audio):
     await driver.close()
     with pytest.raises(RuntimeError):
         await conv.push_audio(silence(100), 16000)
+
+
+async def test_half_duplex_ignores_the_assistants_own_voice(assistant, question_audio, speak):
+    conv = assistant.conversation(config())  # echo_policy defaults to half_duplex (loudspeakers)
+    driver = Driver(conv)
+    await driver.push(question_audio("What is the capital of France?", tail_ms=600))
+    first = await driver.wait_for(lambda e: e.type == "reply_audio", "reply_audio")
+    await driver.push(speak("Okay."))  # the speaker's sound leaking into the mic while the reply plays
+    await driver.wait_for(lambda e: e.type == "metrics", "metrics")
+    assert len(driver.of_type("speech_started")) == 1 and not driver.of_type("interrupted")
+    reply = conv._replies[first.reply_id]
+    await driver.push(silence(reply.audio_ms + conv.config.echo_tail_ms + 200))  # playback is over...
+    await driver.push(speak("Thank you."))  # ...so the mic is open again
+    await driver.wait_for(lambda e: len(driver.of_type("speech_started")) == 2, "speech after playback")
+    await driver.close()
+    check_event_order(driver.events)
+    assert driver.of_type("reply_done")

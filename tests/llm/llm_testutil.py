@@ -36,7 +36,7 @@ PROMPTS = [
 def tiny_args(vocab_size: int = 64, n_layers: int = 2, dim: int = 32, qkv_bias: bool = False) -> ModelArgs:
     return ModelArgs(
         vocab_size=vocab_size, dim=dim, n_layers=n_layers, n_heads=4, n_kv_heads=2, head_dim=dim // 4,
-        intermediate_size=2 * dim, max_positions=512, tie_embeddings=False, qkv_bias=qkv_bias,
+        intermediate_size=2 * dim, max_positions=4096, tie_embeddings=False, qkv_bias=qkv_bias,
     )  # fmt: skip
 
 

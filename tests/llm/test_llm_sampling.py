@@ -106,7 +106,8 @@ def test_broken_rules_fail_the_same_test(broken):
 
 
 def test_two_drafts_joint_law_and_bonus_row():
-    """k=2 drafts: the first two emitted tokens (accepted drafts, correction, bonus) follow p0 x p1 jointly."""
+    """k=2 drafts, 100 000 draws: the first two emitted tokens (accepted drafts, correction, bonus) follow
+    p0 x p1 jointly."""
     g = torch.Generator().manual_seed(7)
     params = SamplingParams(temperature=0.8, top_p=0.95)
     p = probabilities(torch.randn(3, V, generator=g) * 2, params)
