@@ -6,6 +6,7 @@ Loading is the slow part of start-up, so it happens here exactly once; a convers
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,11 +17,11 @@ from app.profiles import Profile, resolve_profile
 from app.store import fetch
 
 if TYPE_CHECKING:
-    from llm.session import Session
-
     from app.conversation import Conversation
+    from app.reply_stream import Lanes
     from asr.whisper import Transcriber
     from llm.engine import Engine
+    from llm.session import Session
     from tts.piper_voice import Voice
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,14 @@ class Assistant:
         times["llm"] = time.perf_counter() - started
         log.info("models loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
         return cls(config, profile, transcriber, voice, llm, times)
+
+    @functools.cached_property
+    def lanes(self) -> Lanes:
+        """One worker thread per model (ASR, LLM, TTS), shared by every conversation of this assistant,
+        so heavy calls queue instead of oversubscribing the cores (created on first use)."""
+        from app.reply_stream import Lane, Lanes
+
+        return Lanes(Lane("asr"), Lane("llm"), Lane("tts"))
 
     def new_session(self) -> Session:
         """A fresh LLM chat (own KV cache) with the configured system prompt."""

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,19 +66,30 @@ class ServerProcess:
         self.cmd = cmd
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.output: collections.deque[str] = collections.deque(maxlen=200)  # the server's last log lines
 
     def start(self, timeout: float = 600.0) -> None:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.output.append(line)
             match = re.search(r"listening on \S+:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
+                # Keep reading its output: a full pipe would block the server's logging, and so the server.
+                threading.Thread(target=self._drain, daemon=True).start()
                 return
             if time.monotonic() > deadline:
                 break
-        raise RuntimeError(f"the server did not start (exit code {self.proc.poll()})")
+        raise RuntimeError(
+            f"the server did not start (exit code {self.proc.poll()}): {''.join(self.output)[-2000:]}"
+        )
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
 
     def rss_mb(self) -> float:
         import psutil
@@ -211,7 +224,12 @@ def run(args: argparse.Namespace, config) -> int:
         max_sessions = max([8, *[int(n) for n in args.levels.split(",") if n.strip()]]) + 2
         server = ServerProcess(_server_command(args, max_sessions))
         print("starting the server (loading models)...", flush=True)
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:
+            server.stop()
+            print(f"bench serve: {exc}", file=sys.stderr)
+            return 1
         url = f"ws://127.0.0.1:{server.port}/v1/realtime"
     try:
         report = asyncio.run(_bench(args, url, server))
@@ -225,6 +243,9 @@ def run(args: argparse.Namespace, config) -> int:
             f"{level['sessions']:>8} {level['turns']:>6} {_fmt(level['p50_ms']):>8} {_fmt(level['p95_ms']):>8} "
             f"{level['errors']:>7}"
         )
+    for level in report["levels"]:
+        for sample in level["error_samples"]:
+            print(f"  N={level['sessions']} error: {sample}")
     if report["rss_mb_before"] is not None:
         print(
             f"server RSS {report['rss_mb_before']:.0f} MB before and {report['rss_mb_after']:.0f} MB after "

@@ -72,7 +72,7 @@ class ConversationConfig:
     turn_detection: str | None = "server_vad"  # server_vad | semantic_vad | None (manual commit)
     auto_respond: bool = True
     preemptive: bool = True  # start the reply at the first silence; play it only if the turn ends
-    preemptive_silence_ms: int = 96  # silence before a preemptive reply starts (VAD frames are 32 ms)
+    preemptive_silence_ms: int = 64  # silence before a preemptive reply starts (VAD frames are 32 ms)
     decode_interval_ms: int = 300  # re-decode the utterance after this much new audio
     preroll_ms: int = 300  # audio kept from before the detected speech onset
     echo_tail_ms: int = 300  # half_duplex: keep the mic closed this long after the reply's audio ends

@@ -22,23 +22,20 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from app.audio_input import InputAudio
 from app.config import ConversationConfig
+from app.conversation_turns import TurnsAndReplies, Utterance
 from app.events import (
     ErrorEvent,
     Event,
-    Interrupted,
     SpeechStarted,
-    SpeechStopped,
-    TranscriptFinal,
     TranscriptPartial,
 )
-from app.reply_stream import Reply, SessionOps, lanes_for, run_reply
+from app.reply_stream import Reply, SessionOps
 from asr.endpointing import hangover_ms
 from asr.streaming import ShortWindowDecoder, StreamingTranscriber
 from asr.vad import FRAME, FRAME_MS, StreamingVAD
@@ -55,30 +52,14 @@ class ConversationClosed(RuntimeError):
     """A call on a conversation after close()."""
 
 
-@dataclass
-class _Utterance:
-    """One stretch of user speech, from onset to endpoint."""
-
-    asr: StreamingTranscriber
-    start_sample: int  # conversation clock at asr sample 0
-    last_voiced_end: int
-    eos_wall: float
-    in_silence: bool = False
-    decode_task: asyncio.Task | None = None
-    preemptive: Reply | None = None
-    pre_decode: asyncio.Task | None = None
-    resumed_after_end: bool = False  # speech started again before this turn's reply was confirmed
-    marks: dict[str, float] = field(default_factory=dict)
-
-
-class Conversation:
+class Conversation(TurnsAndReplies):
     """See docs/architecture.md (API) and docs/conversation.md (behaviour)."""
 
     def __init__(self, assistant: Any, config: ConversationConfig | None = None) -> None:
         self.assistant = assistant
         self.config = dataclasses.replace(config or assistant.config.conversation)
         _validate(self.config)
-        self._lanes = lanes_for(assistant)
+        self._lanes = assistant.lanes
         decoder = self._lanes.cache.get("decoder")
         if decoder is None:
             decoder = self._lanes.cache["decoder"] = ShortWindowDecoder(assistant.transcriber.model)
@@ -96,8 +77,8 @@ class Conversation:
         self._preroll: deque[np.ndarray] = deque()
         self._onset_frames = 0
         self._muted = False
-        self._utterance: _Utterance | None = None
-        self._finalizing: _Utterance | None = None
+        self._utterance: Utterance | None = None
+        self._finalizing: Utterance | None = None
         self._user_prefix = ""  # user text waiting for the next reply (text input, resumed turns)
         self._llm = SessionOps(self._session, self._lanes.llm, self._spawn)
         self._reply: Reply | None = None  # the latest confirmed reply
@@ -286,7 +267,7 @@ class Conversation:
     def _start_utterance(self) -> None:
         onset = self._clock - self._onset_frames * FRAME
         start = self._clock - len(self._preroll) * FRAME
-        u = _Utterance(StreamingTranscriber(self._decoder), start, self._clock, time.perf_counter())
+        u = Utterance(StreamingTranscriber(self._decoder), start, self._clock, time.perf_counter())
         for frame in self._preroll:
             u.asr.append(frame)
         self._preroll.clear()
@@ -303,7 +284,7 @@ class Conversation:
         """turn_detection=None: every sample belongs to the user turn until commit() or clear_audio()."""
         u = self._utterance
         if u is None:
-            u = self._utterance = _Utterance(
+            u = self._utterance = Utterance(
                 StreamingTranscriber(self._decoder),
                 self._clock - audio.size,
                 self._clock,
@@ -313,7 +294,7 @@ class Conversation:
         u.last_voiced_end, u.eos_wall = self._clock, time.perf_counter()
         self._maybe_decode(u)
 
-    def _hangover_ms(self, u: _Utterance) -> float:
+    def _hangover_ms(self, u: Utterance) -> float:
         job = u.asr.last_job
         heard_all = job is not None and u.start_sample + job.end >= u.last_voiced_end
         cfg = self.config
@@ -325,13 +306,13 @@ class Conversation:
         )
 
     # -- transcription ---------------------------------------------------------------------------------
-    def _maybe_decode(self, u: _Utterance) -> None:
+    def _maybe_decode(self, u: Utterance) -> None:
         if u.decode_task is not None or u.in_silence or u is not self._utterance:
             return
         if (u.asr.samples - u.asr.last_decoded_end) * 1000.0 / RATE >= self.config.decode_interval_ms:
             u.decode_task = self._spawn(self._decode_partial(u))
 
-    async def _decode_partial(self, u: _Utterance) -> None:
+    async def _decode_partial(self, u: Utterance) -> None:
         job = u.asr.snapshot()
         result = await self._lanes.asr.run(u.asr.decode, job)
         u.decode_task = None
@@ -343,7 +324,7 @@ class Conversation:
             self._llm.feed(f"{self._user_prefix} {partial.committed}".strip())
         self._maybe_decode(u)
 
-    async def _decode_now(self, u: _Utterance) -> str:
+    async def _decode_now(self, u: Utterance) -> str:
         """Decode everything heard so far; the transcript the turn (and its reply) will use."""
         job = u.asr.snapshot()
         started = time.perf_counter()
@@ -351,126 +332,6 @@ class Conversation:
         u.marks["asr_final_ms"] = round(1000.0 * (time.perf_counter() - started), 1)
         u.asr.apply(job, result)
         return f"{self._user_prefix} {u.asr.final_text(job, result)}".strip()
-
-    # -- turn end and replies ------------------------------------------------------------------------
-    def _start_preemptive(self, u: _Utterance) -> None:
-        reply = self._new_reply(confirmed=False, preemptive=True)
-        u.preemptive = reply
-        u.pre_decode = self._spawn(self._decode_now(u))
-        reply.task = self._spawn(self._run_preemptive(u, reply))
-
-    async def _run_preemptive(self, u: _Utterance, reply: Reply) -> None:
-        text = await asyncio.shield(u.pre_decode)
-        if reply.cancelled or not text:
-            return
-        reply.user_text = text
-        await self._run(reply)
-
-    def _close_utterance(self, u: _Utterance) -> None:
-        """The endpoint decision (synchronous, so the next frame already belongs to the next turn)."""
-        self._utterance = None
-        self._finalizing = u
-        u.marks["endpoint"] = time.perf_counter()
-        if self.config.turn_detection is not None:
-            self._emit(SpeechStopped(round(u.last_voiced_end * 1000.0 / RATE, 1)))
-
-    async def _finish_turn(self, u: _Utterance) -> str:
-        """Final transcript, then play the preemptive reply or start one."""
-        pre = u.preemptive
-        if pre is not None and not pre.cancelled and u.pre_decode is not None:
-            # Only silence came after the preemptive decode: reuse it (same transcript), no new decode.
-            text = await asyncio.shield(u.pre_decode)
-            pre.user_text = text
-        else:
-            self._drop_preemptive(u)
-            text = await self._decode_now(u)
-        if self._finalizing is u:
-            self._finalizing = None
-        self._emit(TranscriptFinal(text))
-        if not text:
-            self._drop_preemptive(u)
-            return text
-        if u.resumed_after_end or not self.config.auto_respond:
-            # The user went on talking (or the app replies itself): keep the words for the next turn.
-            self._drop_preemptive(u)
-            self._user_prefix = text
-            self._llm.feed(text)
-            return text
-        self._user_prefix = ""
-        if u.preemptive is not None and not u.preemptive.cancelled and u.preemptive.user_text == text:
-            reply = u.preemptive
-            self._adopt(reply, u)
-            reply.confirm()
-        else:
-            self._drop_preemptive(u)
-            reply = self._new_reply(confirmed=True, preemptive=False, user_text=text)
-            self._adopt(reply, u)
-            reply.task = self._spawn(self._run(reply))
-        return text
-
-    def _adopt(self, reply: Reply, u: _Utterance) -> None:
-        """`reply` answers utterance `u`: it becomes the live reply and carries the turn's timings."""
-        reply.marks["eos"] = u.eos_wall
-        reply.marks["endpoint"] = u.marks["endpoint"]
-        if "asr_final_ms" in u.marks:
-            reply.numbers["asr_final_ms"] = u.marks["asr_final_ms"]
-        self._reply = reply
-
-    def _start_reply(self) -> None:
-        text, self._user_prefix = self._user_prefix, ""
-        reply = self._new_reply(confirmed=True, preemptive=False, user_text=text or None)
-        self._reply = reply
-        reply.task = self._spawn(self._run(reply))
-
-    def _new_reply(self, confirmed: bool, preemptive: bool, user_text: str | None = None) -> Reply:
-        reply = Reply(self._emit, confirmed, user_text, preemptive=preemptive, clock_ms=self._clock_ms)
-        self._replies[reply.id] = reply
-        while len(self._replies) > 16:
-            self._replies.pop(next(iter(self._replies)))
-        return reply
-
-    async def _run(self, reply: Reply) -> None:
-        self._llm.want_text = None  # the reply closes the user turn with its own text
-        llm = self.assistant.config.llm
-        from llm.sampling import SamplingParams
-
-        sampling = SamplingParams(llm.temperature, llm.top_k, llm.top_p)
-        max_tokens = self.config.max_reply_tokens or llm.max_reply_tokens
-        await run_reply(reply, self._session, self._lanes, self._llm.lock, self._synth, max_tokens, sampling)
-        self._llm.fed_text = None  # the session's user turn was closed by the reply
-
-    def _drop_preemptive(self, u: _Utterance) -> None:
-        reply, u.preemptive, u.pre_decode = u.preemptive, None, None
-        if reply is None or reply.cancelled:
-            return
-        reply.discarded = True
-        reply.cancel()
-        self._spawn(self._llm.forget(reply))
-
-    def _live_reply(self) -> Reply | None:
-        reply = self._reply
-        if reply is None or reply.cancelled or not (not reply.finished or reply.playing()):
-            return None
-        return reply
-
-    def _interrupt_live(self) -> None:
-        reply = self._live_reply()
-        if reply is None:
-            return
-        heard = reply.heard_text()
-        reply.spoken_text, reply.interrupted = heard, True
-        reply.numbers["played_ms"] = round(reply.played_ms(), 1)
-        if not heard and reply.user_text and reply.audio_ms == 0:
-            # Cut off before a sound came out: the user simply went on talking. Forget the reply and
-            # keep their words for the turn they are still speaking.
-            reply.discarded = True
-            self._user_prefix = f"{reply.user_text} {self._user_prefix}".strip()
-            self._spawn(self._llm.forget(reply))
-        else:
-            self._spawn(self._llm.truncate(reply, heard))
-        reply.cancel()
-        self._emit(Interrupted(reply.id, heard))
-        reply.send_metrics()
 
     def _voice(self) -> Any:
         """The assistant's voice, or another one loaded once per process and shared (config `voice`)."""

@@ -24,7 +24,6 @@ from tts.segmenter import Segmenter
 from tts.stream import PieceSynthesizer, SpokenPiece, words_heard
 
 _ids = itertools.count(1)
-_lanes_lock = threading.Lock()
 
 
 class Lane:
@@ -49,16 +48,6 @@ class Lanes:
     llm: Lane
     tts: Lane
     cache: dict[Any, Any] = field(default_factory=dict)  # per-assistant helpers (ASR decoder, voices)
-
-
-def lanes_for(assistant: Any) -> Lanes:
-    """The lanes shared by every conversation of one Assistant (kept on it, created on first use)."""
-    with _lanes_lock:
-        lanes = getattr(assistant, "_specvoice_lanes", None)
-        if lanes is None:
-            lanes = Lanes(Lane("asr"), Lane("llm"), Lane("tts"))
-            assistant._specvoice_lanes = lanes
-        return lanes
 
 
 class SessionOps:

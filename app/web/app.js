@@ -146,10 +146,8 @@ async function start() {
   setStatus("starting");
   try {
     ctx = new AudioContext({ sampleRate: RATE });
+    await ctx.resume(); // inside the click: allowed to make sound
     await ctx.audioWorklet.addModule("/worklet.js");
-    micStream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
-    });
     const token = new URLSearchParams(location.search).get("token");
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const url = `${scheme}://${location.host}/v1/realtime` + (token ? `?token=${encodeURIComponent(token)}` : "");
@@ -160,11 +158,14 @@ async function start() {
     send({ type: "session.update", session: { type: "realtime",
       audio: { input: { format: { type: "audio/pcm", rate: RATE }, turn_detection: { type: "server_vad" } },
         output: { format: { type: "audio/pcm", rate: RATE } } } } });
+    // The microphone opens only once the server listens, so the first words are not lost.
+    micStream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+    });
     const source = ctx.createMediaStreamSource(micStream);
     captureNode = new AudioWorkletNode(ctx, "capture");
     captureNode.port.onmessage = (m) => send({ type: "input_audio_buffer.append", audio: floatToB64(m.data) });
     source.connect(captureNode);
-    await ctx.resume();
     setStatus("listening");
     document.getElementById("stop").disabled = false;
   } catch (err) {

@@ -60,7 +60,7 @@ async def test_jfk_final_transcript_matches_offline(assistant, jfk_audio, transc
 
 
 async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(assistant, question_audio):
-    # A 400 ms pause: longer than the preemptive trigger (96 ms), well inside the hangover (700 ms here, so
+    # A 400 ms pause: longer than the preemptive trigger (64 ms), well inside the hangover (700 ms here, so
     # the test does not depend on Piper's random prosody moving the VAD's end of speech by ~100 ms).
     audio = question_audio(
         "Can you tell me the name of", "the largest planet in our solar system?", pause_ms=400

@@ -21,7 +21,7 @@ def fake_mic_wav(tmp_path_factory):
     from app.audio import read_audio, write_wav
 
     speech = read_audio(QUESTION_WAV, rate=48000)
-    padded = np.concatenate([np.zeros(24000, np.float32), speech, np.zeros(48000 * 4, np.float32)])
+    padded = np.concatenate([np.zeros(48000, np.float32), speech, np.zeros(48000 * 4, np.float32)])
     path = tmp_path_factory.mktemp("browser") / "question.wav"
     write_wav(path, padded, 48000)
     return path

@@ -50,6 +50,7 @@ async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assist
 
     lines: list[str] = []
     replied = asyncio.Event()
+    listening = asyncio.Event()
 
     class Recorder(Printer):
         def partial(self, text: str) -> None:
@@ -57,6 +58,8 @@ async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assist
 
         def line(self, text: str) -> None:
             lines.append(text)
+            if text.startswith("listening"):  # the microphone stream is open: speak now
+                listening.set()
             if text.startswith("assistant"):
                 replied.set()
 
@@ -70,8 +73,10 @@ async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assist
     talk = asyncio.create_task(
         talk_loop(assistant, conv_config, sounddevice, printer=Recorder(), playback=playback)
     )
-    speaker = pulse_server.speak(QUESTION_WAV)
+    speaker = None
     try:
+        await asyncio.wait_for(asyncio.shield(listening.wait()), 60)
+        speaker = pulse_server.speak(QUESTION_WAV)
         await asyncio.wait_for(asyncio.shield(replied.wait()), 180)
         assert await asyncio.to_thread(playback.idle.wait, 120), "the reply never finished playing"
         # Ctrl-C under asyncio.run cancels the main task: that must close the streams and the conversation.
@@ -80,7 +85,8 @@ async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assist
             await talk
     finally:
         talk.cancel()
-        speaker.wait(30)
+        if speaker is not None:
+            speaker.wait(30)
         recorder.terminate()
         recorder.wait(30)
     streams_left = pulse_server.streams()
