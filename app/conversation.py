@@ -195,6 +195,8 @@ class Conversation(TurnsAndReplies):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._replies.clear()  # replies hold our callbacks: drop the cycle so the KV cache is freed now
+        self._reply = None
         self._queue.put_nowait(None)
 
     async def settle(self) -> None:

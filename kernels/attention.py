@@ -37,7 +37,9 @@ def _check_shapes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor)
                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")  # fmt: skip
     b, h, _, d = q.shape
     if k_cache.shape[0] != b or k_cache.shape[3] != d or h % k_cache.shape[1]:
-        raise ValueError(f"q {tuple(q.shape)} does not match cache {tuple(k_cache.shape)} (GQA needs H % H_kv == 0)")
+        raise ValueError(
+            f"q {tuple(q.shape)} does not match cache {tuple(k_cache.shape)} (GQA needs H % H_kv == 0)"
+        )
 
 
 def verify_attention_reference(

@@ -46,7 +46,9 @@ def mark_broken(kernel: str, exc: BaseException) -> None:
     """A Triton kernel failed under "auto" (e.g. this Triton cannot compile it for this GPU): log once and
     use the reference from now on, so a reply is slower instead of lost."""
     if kernel not in _broken:
-        log.warning("Triton kernel %s failed (%s: %s); using the torch reference", kernel, type(exc).__name__, exc)
+        log.warning(
+            "Triton kernel %s failed (%s: %s); using the torch reference", kernel, type(exc).__name__, exc
+        )
     _broken[kernel] = f"{type(exc).__name__}: {exc}"
 
 

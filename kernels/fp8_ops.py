@@ -84,4 +84,3 @@ def fp8_matmul(
     exact = a_q.double() @ w64.t()
     out = exact * a_scale.reshape(-1, 1).double() * w_scale.reshape(1, -1).double()
     return out.to(out_dtype)
-

@@ -86,7 +86,6 @@ def rmsnorm_fp8_linear_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols[None, :] < N))  # fmt: skip
 
 
-
 @triton.jit
 def verify_attention_kernel(
     q_ptr, k_ptr, v_ptr, start_ptr, out_ptr, part_ptr, lse_ptr,

@@ -74,7 +74,11 @@ def _triton_ok() -> bool:
 def resolve_device(device: str = "auto") -> torch.device:
     text = (device or "auto").strip().lower()
     if text == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     try:
         dev = torch.device(text)
     except RuntimeError:
@@ -90,7 +94,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         )
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
-        raise BackendUnavailable(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise BackendUnavailable(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return torch.device("cuda", index)
 
 
@@ -126,7 +132,9 @@ def select_backend(
         return Backend(dev, half, False, kernels, f"auto on {gpu}")
     chosen = DTYPES[want]
     if chosen == torch.bfloat16 and not bf16_ok:
-        raise BackendUnavailable(f"--dtype bfloat16 needs compute capability ≥ 8.0; this is {gpu}. Use --dtype float16")
+        raise BackendUnavailable(
+            f"--dtype bfloat16 needs compute capability ≥ 8.0; this is {gpu}. Use --dtype float16"
+        )
     return Backend(dev, chosen, False, kernels, f"--dtype {want} on {gpu}")
 
 
@@ -157,7 +165,9 @@ def prepare_model(model: nn.Module, backend: Backend, *, fuse_norm: bool = True)
     return model
 
 
-def kernel_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos, T: int) -> torch.Tensor:
+def kernel_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos, T: int
+) -> torch.Tensor:
     """`llm.model` attention hook → our verify-attention kernel (Triton on CUDA, reference elsewhere)."""
     from kernels.attention import verify_attention
 
@@ -186,3 +196,13 @@ def describe_hardware() -> dict[str, object]:
             triton=_triton_ok(),
         )
     return info
+
+
+def graphed(model: nn.Module, backend: Backend, k_max: int):
+    """On CUDA, the model wrapped so its 1-token steps and (≤ k_max+1)-token verifies replay CUDA graphs
+    (`llm.cuda_graphs.GraphedModel`, same call signature); elsewhere the model itself."""
+    if backend.device.type != "cuda":
+        return model
+    from llm.cuda_graphs import GraphedModel
+
+    return GraphedModel(model, sizes=(1, k_max + 1))

@@ -58,12 +58,18 @@ VERIFY_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompts", type=int, default=20, help="how many prompts (default 20, max %d)" % len(PROMPTS))
+    parser.add_argument(
+        "--prompts", type=int, default=20, help=f"how many prompts (default 20, max {len(PROMPTS)})"
+    )
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per prompt (default 48)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the config/profile)")
-    parser.add_argument("--drafter", default=None, help="ngram | none | a draft model source (default: profile)")
-    parser.add_argument("--skip-verify-costs", action="store_true", help="skip the T-token forward cost table")
+    parser.add_argument(
+        "--drafter", default=None, help="ngram | none | a draft model source (default: profile)"
+    )
+    parser.add_argument(
+        "--skip-verify-costs", action="store_true", help="skip the T-token forward cost table"
+    )
 
 
 @dataclass
@@ -109,7 +115,9 @@ def _hf_run(hf_model, prompts, max_tokens, eos, **assist) -> Run:
                                         eos_token_id=eos, pad_token_id=eos, streamer=clock, **assist)  # fmt: skip
             run.seconds += time.perf_counter() - clock.started
             run.tokens.append([t for t in out[0, len(ids) :].tolist() if t != eos])
-            run.first8.append(clock.first8 if clock.first8 is not None else time.perf_counter() - clock.started)
+            run.first8.append(
+                clock.first8 if clock.first8 is not None else time.perf_counter() - clock.started
+            )
     finally:
         hook.remove()
     run.forwards = calls[0]
@@ -157,7 +165,9 @@ def _summary(runs: list[Run], reference: list[list[int]] | None, forwards_offset
     }
 
 
-def verify_costs(folder: Path, dtypes=("float32", "bfloat16"), repeats: int = 7) -> dict[str, dict[int, float]]:
+def verify_costs(
+    folder: Path, dtypes=("float32", "bfloat16"), repeats: int = 7
+) -> dict[str, dict[int, float]]:
     """Median ms of a T-token forward at position 200 for each dtype (our model, this CPU)."""
     from llm.model import Transformer
 
@@ -186,10 +196,9 @@ def run(args: argparse.Namespace, config) -> int:
 
     from app.profiles import resolve_profile
     from app.store import fetch
+    from llm.backends import select_backend
     from llm.engine import Engine
     from llm.loading import ensure_hf_folder, load_model
-
-    from llm.backends import select_backend
 
     profile = resolve_profile(config)
     backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
@@ -210,12 +219,20 @@ def run(args: argparse.Namespace, config) -> int:
     target, tokenizer = load_model(folder, dtype=dtype, device=device)
     hf_target = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     if drafter in ("ngram", "none"):
-        spec = Engine(target, tokenizer, drafter_kind="ngram" if drafter == "ngram" else "none", k_min=k_min, k_max=k_max)
+        spec = Engine(
+            target,
+            tokenizer,
+            drafter_kind="ngram" if drafter == "ngram" else "none",
+            k_min=k_min,
+            k_max=k_max,
+        )
         assist = {"prompt_lookup_num_tokens": min(10, k_max)} if drafter == "ngram" else {}
     else:
         draft_folder = ensure_hf_folder(fetch(drafter, offline=config.models.offline))
         draft_model, _ = load_model(draft_folder, dtype=dtype, device=device)
-        spec = Engine(target, tokenizer, drafter_kind="model", draft_model=draft_model, k_min=k_min, k_max=k_max)
+        spec = Engine(
+            target, tokenizer, drafter_kind="model", draft_model=draft_model, k_min=k_min, k_max=k_max
+        )
         hf_draft = AutoModelForCausalLM.from_pretrained(draft_folder, dtype=dtype).to(device).eval()
         assist = {"assistant_model": hf_draft}
     plain = Engine(target, tokenizer, drafter_kind="none", k_min=0, k_max=0)
@@ -252,7 +269,8 @@ def run(args: argparse.Namespace, config) -> int:
     report = {
         "methods": results,
         "speedup_vs_hf_ar": results["engine_spec"]["tokens_per_s"] / results["hf_ar"]["tokens_per_s"],
-        "speedup_vs_hf_assisted": results["engine_spec"]["tokens_per_s"] / results["hf_assisted"]["tokens_per_s"],
+        "speedup_vs_hf_assisted": results["engine_spec"]["tokens_per_s"]
+        / results["hf_assisted"]["tokens_per_s"],
         "drafter": drafter,
         "model": folder.name,
         "device": device,
@@ -273,10 +291,14 @@ def run(args: argparse.Namespace, config) -> int:
 
 
 def _print_table(report: dict) -> None:
-    print(f"\n{'method':12s} {'tok/s':>7s} {'tok/fwd':>7s} {'accept':>7s} {'first8':>8s} {'vs hf_ar':>8s} {'identical':>9s}")
+    print(
+        f"\n{'method':12s} {'tok/s':>7s} {'tok/fwd':>7s} {'accept':>7s} {'first8':>8s} {'vs hf_ar':>8s} {'identical':>9s}"
+    )
     base = report["methods"]["hf_ar"]["tokens_per_s"]
     for name, m in report["methods"].items():
         accept = "-" if m["acceptance_rate"] is None else f"{m['acceptance_rate']:.2f}"
         print(f"{name:12s} {m['tokens_per_s']:7.1f} {m['tokens_per_step']:7.2f} {accept:>7s} "
               f"{m['first8_ms']:6.0f}ms {m['tokens_per_s'] / base:7.2f}x {str(m['identical_to_hf_ar']):>9s}")  # fmt: skip
-    print(f"engine_spec: {report['speedup_vs_hf_ar']:.2f}x vs hf_ar, {report['speedup_vs_hf_assisted']:.2f}x vs hf_assisted")
+    print(
+        f"engine_spec: {report['speedup_vs_hf_ar']:.2f}x vs hf_ar, {report['speedup_vs_hf_assisted']:.2f}x vs hf_assisted"
+    )

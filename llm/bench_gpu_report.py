@@ -39,29 +39,32 @@ def _fp8(model, kernels: bool):
     from llm.fp8 import convert_to_fp8, fuse_norms
 
     convert_to_fp8(model)
-    fuse_norms(model, backend="triton" if kernels else "torch")
+    fuse_norms(model, backend="auto" if kernels else "torch")  # auto: a kernel that fails falls back
     return model
 
 
-def bench_speculative(run) -> dict:
+def bench_speculative(run, target_name: str, draft_name: str) -> dict:
     """FP8 target + bf16 or FP8 draft: measured step times, then composed tokens/s and speedups."""
     from llm.cuda_graphs import GraphedStep
 
-    target_name, draft_name = ("tiny-target", "tiny-draft") if run.smoke else ("llama-8b", "llama-1b")
     kernels = run.triton_ok()
-    backend = "triton" if kernels else "torch"
+    backend = "auto" if kernels else "torch"  # auto = Triton on CUDA, with the reference as fallback
     dev, ctx, iters = run.device, run.context, max(2, run.iters // 3)
     target = _fp8(build_random_model(run.shapes[target_name], dev, run.half), kernels)
     tcache = target.new_cache(ctx + 64)
     ar = GraphedStep(target, tcache, 1, backend=backend)
     verify = {k: GraphedStep(target, tcache, k + 1, backend=backend) for k in run.ks}
     token = torch.zeros(1, dtype=torch.long, device=dev)
+    from kernels.dispatch import broken_kernels
+
     out: dict = {"target": f"{target_name} fp8 (fused norm+fp8, {backend} attention)", "draft": draft_name,
                  "context": ctx, "kernels": backend, "rows": []}  # fmt: skip
     with torch.inference_mode():
-        out["ar_step_ms"] = _wall(lambda: int(ar(token, ctx)[-1].argmax()), dev, iters) * 1e3
+        out["ar_step_ms"] = _wall(lambda ar=ar: int(ar(token, ctx)[-1].argmax()), dev, iters) * 1e3
         chunk = torch.zeros(16, dtype=torch.long, device=dev)
-        out["prefill16_eager_ms"] = time_call(lambda: target(chunk, tcache, ctx - 16), dev, iters=iters) * 1e3
+        out["prefill16_eager_ms"] = (
+            time_call(lambda t=target, c=tcache: t(chunk, c, ctx - 16), dev, iters=iters) * 1e3
+        )
         for draft_format in ("bf16", "fp8"):
             draft = build_random_model(run.shapes[draft_name], dev, run.half, seed=1)
             if draft_format == "fp8":
@@ -71,7 +74,7 @@ def bench_speculative(run) -> dict:
             draft_ms = _wall(lambda dstep=dstep: dstep(token, ctx), dev, iters) * 1e3
             for k in run.ks:
 
-                def spec_step(k=k, dstep=dstep) -> int:
+                def spec_step(k=k, dstep=dstep, verify=verify) -> int:
                     tokens, t = [token], token
                     for i in range(k):  # the draft's tokens stay on the GPU: no sync until the verdict
                         t = dstep(t, ctx + i)[-1].argmax().view(1)
@@ -82,13 +85,23 @@ def bench_speculative(run) -> dict:
                     return int(agree.sum())  # the engine's host sync
 
                 step_ms = _wall(spec_step, dev, iters) * 1e3
-                verify_ms = _wall(lambda k=k: verify[k](torch.zeros(k + 1, dtype=torch.long, device=dev), ctx), dev, iters) * 1e3
+                verify_ms = (
+                    _wall(
+                        lambda k=k, v=verify: v[k](torch.zeros(k + 1, dtype=torch.long, device=dev), ctx),
+                        dev,
+                        iters,
+                    )
+                    * 1e3
+                )
                 out["rows"].append({"draft_format": draft_format, "k": k, "step_ms": round(step_ms, 3),
                                     "draft_step_ms": round(draft_ms, 3), "verify_ms": round(verify_ms, 3)})  # fmt: skip
-            del dstep, dcache, draft
+            dstep = dcache = draft = None
             run.free()
-    out["composed"] = compose(out, run.results.get("alpha_stated"), run.results.get("acceptance_measured") or {})
-    del verify, ar, tcache, target
+    out["kernels_fallen_back"] = broken_kernels()
+    out["composed"] = compose(
+        out, run.results.get("alpha_stated"), run.results.get("acceptance_measured") or {}
+    )
+    verify = ar = tcache = target = None  # noqa: F841  (release GPU memory before the next section)
     return out
 
 
@@ -102,7 +115,9 @@ def compose(measured: dict, alpha_stated: float | None, alpha_measured: dict[str
     rows = []
     for source, alpha in alphas.items():
         for row in measured["rows"]:
-            model = speculative_speedup(alpha, row["k"], row["draft_step_ms"] / 1e3, row["verify_ms"] / 1e3, t_decode)
+            model = speculative_speedup(
+                alpha, row["k"], row["draft_step_ms"] / 1e3, row["verify_ms"] / 1e3, t_decode
+            )
             per_step = row["step_ms"] / 1e3  # the measured loop, not the sum of its parts
             spec_tps = model["tokens_per_step"] / per_step
             rows.append({"alpha_source": source, "alpha": round(alpha, 3), "draft_format": row["draft_format"],
@@ -125,25 +140,54 @@ def _table(rows: list[dict], columns: list[str]) -> None:
 def print_report(results: dict) -> None:
     print(f"\n== bench gpu on {results['device']} (torch {results['torch']}, triton {results.get('triton')}, "
           f"capability {results.get('capability', '-')}) ==")  # fmt: skip
+    backend = results.get("backend_auto_gpu_h100", {})
+    print(
+        f"backend for --profile gpu-h100 here: {backend.get('name', backend.get('error'))} ({backend.get('reason', '')})"
+    )
     peak = results.get("peak_bandwidth_Bps")
-    print(f"peak memory bandwidth: {peak / 1e12:.2f} TB/s" if peak else "peak memory bandwidth: unknown for this device")
+    print(
+        f"peak memory bandwidth: {peak / 1e12:.2f} TB/s"
+        if peak
+        else "peak memory bandwidth: unknown for this device"
+    )
     if results.get("smoke"):
         print("SMOKE RUN: toy shapes and few iterations; the numbers say nothing about speed.")
     sections = results["sections"]
     if "kernels" in sections:
         print("\n-- kernels vs torch reference (one launch each; CUDA-graphed on GPU) --")
-        _table(sections["kernels"], ["kernel", "M", "K", "N", "T", "context", "variant", "us", "max_abs_err_vs_ref", "skipped", "error"])
+        _table(
+            sections["kernels"],
+            [
+                "kernel",
+                "M",
+                "K",
+                "N",
+                "T",
+                "context",
+                "variant",
+                "us",
+                "max_abs_err_vs_ref",
+                "within_tolerance",
+                "skipped",
+                "error",
+            ],
+        )
     for title, rows in sections.items():
         if title.startswith("steps:"):
-            print(f"\n-- {title[6:]}: one forward step of T tokens at context {results['context']} (random weights) --")
+            print(
+                f"\n-- {title[6:]}: one forward step of T tokens at context {results['context']} (random weights) --"
+            )
             _table(rows, ["format", "variant", "T", "ms", "GBps", "peak_share", "skipped", "error"])
-    spec = sections.get("speculative")
-    if spec:
+    for title, spec in sections.items():
+        if not title.startswith("speculative"):
+            continue
         print(f"\n-- speculative loop, MEASURED: target {spec['target']}, draft {spec['draft']} --")
         print(f"plain decode step (graphed + argmax sync): {spec['ar_step_ms']:.3f} ms; "
               f"16-token prefill chunk (eager): {spec['prefill16_eager_ms']:.3f} ms")  # fmt: skip
         _table(spec["rows"], ["draft_format", "k", "draft_step_ms", "verify_ms", "step_ms"])
-        print("\n-- expected speedup, COMPOSED = measured GPU step times x acceptance rate alpha (not measured here) --")
+        print(
+            "\n-- expected speedup, COMPOSED = measured GPU step times x acceptance rate alpha (not measured here) --"
+        )
         best: dict[tuple, dict] = {}
         for r in spec["composed"]:
             key = (r["alpha_source"], r["draft_format"])

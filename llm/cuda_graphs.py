@@ -60,7 +60,9 @@ def static_forward(model, tokens: Tensor, start: Tensor, cache, *, backend: str 
 class GraphedStep:
     """One captured forward of T tokens for one (model, cache). Call with tokens and an int position."""
 
-    def __init__(self, model, cache, size: int, *, use_graph: bool | None = None, backend: str = "auto") -> None:
+    def __init__(
+        self, model, cache, size: int, *, use_graph: bool | None = None, backend: str = "auto"
+    ) -> None:
         if not 1 <= size <= cache.max_len:
             raise ValueError(f"step size {size} does not fit a cache of {cache.max_len}")
         self.model, self.cache, self.size, self.backend = model, cache, size, backend
@@ -94,7 +96,9 @@ class GraphedStep:
         tokens = tokens.reshape(-1)
         t = tokens.shape[0]
         if not 1 <= t <= self.size or start_pos < 0 or start_pos + self.size > self.cache.max_len:
-            raise ValueError(f"{t} tokens at {start_pos} do not fit this step ({self.size} of {self.cache.max_len})")
+            raise ValueError(
+                f"{t} tokens at {start_pos} do not fit this step ({self.size} of {self.cache.max_len})"
+            )
         with torch.inference_mode():
             self.tokens[0, :t].copy_(tokens, non_blocking=True)
             if t < self.size:
@@ -112,7 +116,9 @@ class GraphedModel:
     """A Transformer whose hot step sizes replay CUDA graphs; same call signature, other attributes
     (args, new_cache, dtype, device, lock...) are the model's."""
 
-    def __init__(self, model, sizes: tuple[int, ...] = (1,), *, use_graph: bool | None = None, backend: str = "auto"):
+    def __init__(
+        self, model, sizes: tuple[int, ...] = (1,), *, use_graph: bool | None = None, backend: str = "auto"
+    ):
         self.model = model
         self.sizes = tuple(sorted(set(sizes)))
         self.use_graph = use_graph

@@ -34,7 +34,9 @@ DEFAULT_SKIP = ("lm_head",)
 class FP8Linear(nn.Module):
     """y = x Wᵀ + b with W in float8_e4m3fn (per-output-channel scales) and x quantised per token."""
 
-    def __init__(self, weight_fp8: Tensor, weight_scale: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> None:
+    def __init__(
+        self, weight_fp8: Tensor, weight_scale: Tensor, bias: Tensor | None, out_dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.in_features = weight_fp8.shape[1]
         self.out_features = weight_fp8.shape[0]
@@ -63,7 +65,9 @@ class FP8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x_q, x_scale = quantize_rows(x.reshape(-1, shape[-1]))
-        y = fp8_matmul(x_q, x_scale, self.weight_fp8, self.weight_scale, self.out_dtype, w_dequant=self._cpu_weight())
+        y = fp8_matmul(
+            x_q, x_scale, self.weight_fp8, self.weight_scale, self.out_dtype, w_dequant=self._cpu_weight()
+        )
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)

@@ -16,6 +16,10 @@ from llm.model import ModelArgs, Transformer
 
 # Real architectures' shapes (random weights: only the step *times* mean anything).
 SHAPES: dict[str, ModelArgs] = {
+    "qwen2.5-7b": ModelArgs(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+                            intermediate_size=18944, rope_theta=1e6, max_positions=8192, qkv_bias=True),
+    "qwen2.5-0.5b": ModelArgs(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                              intermediate_size=4864, rope_theta=1e6, max_positions=8192, qkv_bias=True),
     "llama-8b": ModelArgs(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
                           intermediate_size=14336, rope_theta=500000.0, max_positions=8192),
     "llama-1b": ModelArgs(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
@@ -24,11 +28,21 @@ SHAPES: dict[str, ModelArgs] = {
                               intermediate_size=1536, rope_theta=100000.0, max_positions=8192),
 }  # fmt: skip
 SMOKE_SHAPES: dict[str, ModelArgs] = {
+    "qwen2.5-7b": ModelArgs(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+                            intermediate_size=18944, rope_theta=1e6, max_positions=8192, qkv_bias=True),
+    "qwen2.5-0.5b": ModelArgs(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                              intermediate_size=4864, rope_theta=1e6, max_positions=8192, qkv_bias=True),
     "tiny-target": ModelArgs(vocab_size=512, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
                              intermediate_size=256, max_positions=512),
     "tiny-draft": ModelArgs(vocab_size=512, dim=64, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=32,
                             intermediate_size=128, max_positions=512),
 }  # fmt: skip
+
+# (target, draft) pairs for the speculative section, the gpu-h100 profile's pair first; and the order of
+# the step sections (most important first: a run cut by its time budget loses the least).
+PAIRS = (("qwen2.5-7b", "qwen2.5-0.5b"), ("llama-8b", "llama-1b"))
+SMOKE_PAIRS = (("tiny-target", "tiny-draft"),)
+DRAFT_ONLY = ("qwen2.5-0.5b", "llama-1b")  # timed at T = 1 only
 
 # Peak HBM/GDDR bandwidth in bytes/s by a substring of torch.cuda.get_device_name (first match wins).
 PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
@@ -46,7 +60,9 @@ def peak_bandwidth(device: torch.device) -> tuple[str, float | None]:
     return name, next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
 
-def build_random_model(args: ModelArgs, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Transformer:
+def build_random_model(
+    args: ModelArgs, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> Transformer:
     """A Transformer with N(0, 0.02) weights created directly on `device` (an 8B model in seconds, where
     `Transformer.random` would fill 8·10⁹ numbers on the CPU first)."""
     previous = torch.get_default_dtype()
@@ -141,7 +157,9 @@ def expected_tokens_per_step(alpha: float, k: int) -> float:
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
-def speculative_speedup(alpha: float, k: int, t_draft: float, t_verify: float, t_decode: float) -> dict[str, float]:
+def speculative_speedup(
+    alpha: float, k: int, t_draft: float, t_verify: float, t_decode: float
+) -> dict[str, float]:
     """The composed model: k draft steps + one (k+1)-token verify per step, vs one decode per token."""
     per_step = k * t_draft + t_verify
     tokens = expected_tokens_per_step(alpha, k)

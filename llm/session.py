@@ -71,7 +71,7 @@ class SessionStats:
     prefill_forwards: int = 0
     prefill_s: float = 0.0
     steps: int = 0  # target forwards while generating (one per speculative step)
-    generated: int = 0  # tokens emitted (a bonus/correction token counts)
+    generated: int = 0  # tokens the steps produced (bonus/correction included; EOS/max tokens may cut some)
     drafted: int = 0
     accepted: int = 0
     draft_s: float = 0.0
@@ -339,58 +339,61 @@ class Session:
         emitted = len(self.tokenizer.decode(reply.tokens)) if reply.tokens else 0
         produced = 0
         reason = None
-        while reason is None:
-            if cancel is not None and cancel.is_set():
-                reason = "cancelled"
-                break
-            with self._lock:
-                if self._version != version or self._open is not reply:
-                    reason = "cancelled"  # history changed under us (discard/truncate/extend)
+        try:
+            while reason is None:
+                if cancel is not None and cancel.is_set():
+                    reason = "cancelled"
                     break
-                context = self.tokens()
-                room = self.max_context - len(context)
-                if room <= 0:
-                    reason = "context"
-                    break
-                result = speculative_step(self.model, self.cache, context, self.drafter, min(self.k.k, room - 1),
-                                          sampling, self.generator)  # fmt: skip
-                self._cached = context[:-1] + [context[-1]] + result.tokens[:-1]
-                self.k.update(result.drafted, result.accepted)
-                new = result.tokens
-                for i, token in enumerate(new):
-                    if token in self.eos_ids:
-                        new, reason = new[:i], "eos"
+                with self._lock:
+                    if self._version != version or self._open is not reply:
+                        reason = "cancelled"  # history changed under us (discard/truncate/extend)
                         break
-                if produced + len(new) >= max_tokens:
-                    new, reason = new[: max_tokens - produced], reason or "length"
-                produced += len(new)
-                reply.tokens += new
-                stats.steps += 1
-                stats.generated += len(result.tokens)
-                stats.drafted += result.drafted
-                stats.accepted += result.accepted
-                stats.draft_s += result.draft_s
-                stats.verify_s += result.verify_s
-                stats.step_sizes.append(len(result.tokens))
-                if stats.first_token_s is None:
-                    stats.first_token_s = time.perf_counter() - started
-                text = self.tokenizer.decode(reply.tokens)
-                cut = _find_stop(text, stop)
-                if cut is not None:
-                    text, reason = text[:cut], "stop"
-                    reply.tokens = self._encode(text)
-                safe = len(text) if reason else _stable_length(text, stop)
-                delta = text[emitted:safe]
-                emitted = max(emitted, safe)
-                reply.text = text
-            if delta or new:
-                yield ReplyDelta(delta, new)
-        stats.generate_s = time.perf_counter() - started
-        self.stats.add(stats)
-        self.finish_reason = reason
-        with self._lock:
-            if reason != "cancelled" and self._open is reply:
-                self._close_open()
+                    context = self.tokens()
+                    room = self.max_context - len(context)
+                    if room <= 0:
+                        reason = "context"
+                        break
+                    result = speculative_step(self.model, self.cache, context, self.drafter, min(self.k.k, room - 1),
+                                              sampling, self.generator)  # fmt: skip
+                    self._cached = context + result.tokens[:-1]  # pending + accepted drafts were fed
+                    self.k.update(result.drafted, result.accepted)
+                    new = result.tokens
+                    for i, token in enumerate(new):
+                        if token in self.eos_ids:
+                            new, reason = new[:i], "eos"
+                            break
+                    if produced + len(new) >= max_tokens:
+                        new, reason = new[: max_tokens - produced], reason or "length"
+                    produced += len(new)
+                    reply.tokens += new
+                    stats.steps += 1
+                    stats.generated += len(result.tokens)
+                    stats.drafted += result.drafted
+                    stats.accepted += result.accepted
+                    stats.draft_s += result.draft_s
+                    stats.verify_s += result.verify_s
+                    stats.step_sizes.append(len(result.tokens))
+                    if stats.first_token_s is None:
+                        stats.first_token_s = time.perf_counter() - started
+                    text = self.tokenizer.decode(reply.tokens)
+                    cut = _find_stop(text, stop)
+                    if cut is not None:
+                        text, reason = text[:cut], "stop"
+                        reply.tokens = self._encode(text)
+                    safe = len(text) if reason else _stable_length(text, stop)
+                    delta = text[emitted:safe]
+                    emitted = max(emitted, safe)
+                    reply.text = text
+                if delta or new:
+                    yield ReplyDelta(delta, new)
+        finally:  # also when the caller stops iterating early: that counts as a cancellation
+            reason = reason or "cancelled"
+            stats.generate_s = time.perf_counter() - started
+            self.stats.add(stats)
+            self.finish_reason = reason
+            with self._lock:
+                if reason != "cancelled" and self._open is reply:
+                    self._close_open()
 
     async def agenerate(
         self,

@@ -119,9 +119,8 @@ class Server:
         finally:
             self.sessions.discard(session)
             del session
-            # A closed Conversation sits in reference cycles (replies hold its callbacks) with its KV cache;
-            # left to the automatic collector it lingers for many sessions and RSS climbs. Collecting now
-            # is cheap because start() froze the long-lived model objects out of the collector's way.
+            # Anything a closed session left in a reference cycle (a KV cache is tens of MB) is freed now
+            # rather than many sessions later; cheap because start() froze the long-lived model objects.
             gc.collect()
 
     async def start(self) -> None:

@@ -67,6 +67,17 @@ def test_ampere_refuses_fp8_and_turing_refuses_bf16(monkeypatch):
         select_backend("cuda", "bfloat16")
 
 
+def test_graphed_wraps_only_on_cuda():
+    from llm.backends import graphed
+    from llm.cuda_graphs import GraphedModel
+
+    model = torch.nn.Linear(2, 2)
+    assert graphed(model, select_backend("cpu", "auto"), 8) is model
+    fake_cuda = select_backend("cpu", "auto").__class__(torch.device("cuda", 0), torch.bfloat16)
+    wrapped = graphed(model, fake_cuda, 8)
+    assert isinstance(wrapped, GraphedModel) and wrapped.sizes == (1, 9)
+
+
 def test_prepare_model_applies_fp8_on_cpu():
     """Random weights: this checks the wiring (which modules change), not model quality."""
     from llm.fp8 import FP8Linear, FusedRMSNormFP8Linear

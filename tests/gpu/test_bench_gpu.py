@@ -40,13 +40,16 @@ def test_bench_gpu_smoke_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert results["errors"] == [] and results["skipped"] == []
     sections = results["sections"]
-    assert {"kernels", "steps:tiny-target", "steps:tiny-draft", "speculative"} <= set(sections)
+    spec_title = "speculative:tiny-target+tiny-draft"
+    assert {"kernels", "steps:tiny-target", "steps:tiny-draft", spec_title} <= set(sections)
     timed = [r for r in sections["steps:tiny-target"] if "ms" in r]
     assert {r["format"] for r in timed} == {"bf16", "fp8"} and all(r["ms"] > 0 for r in timed)
     assert not [r for rows in sections.values() if isinstance(rows, list) for r in rows if "error" in r]
-    spec = sections["speculative"]
+    spec = sections[spec_title]
     assert {r["draft_format"] for r in spec["rows"]} == {"bf16", "fp8"}
-    assert any(r["alpha_source"].startswith("measured on CPU") and r["alpha"] == 0.62 for r in spec["composed"])
+    assert any(
+        r["alpha_source"].startswith("measured on CPU") and r["alpha"] == 0.62 for r in spec["composed"]
+    )
     assert "COMPOSED" in proc.stdout and "MEASURED" in proc.stdout
 
 

@@ -39,7 +39,10 @@ def fp32_greedy(smol_fp32) -> list[tuple[list[int], list[int]]]:
 
     model, tokenizer = smol_fp32
     eos = frozenset({tokenizer.eos_token_id})
-    return [(p, generate_ids(model, p, NEW_TOKENS, eos_ids=eos)[0]) for p in (_chat_ids(tokenizer, t) for t in PROMPTS)]
+    return [
+        (p, generate_ids(model, p, NEW_TOKENS, eos_ids=eos)[0])
+        for p in (_chat_ids(tokenizer, t) for t in PROMPTS)
+    ]
 
 
 def _teacher_forced_agreement(model, sequences) -> tuple[int, int]:
@@ -90,7 +93,9 @@ def test_fp8_linear_vs_fp32_on_real_hidden_states(smol_fp32, smol_fp8):
         layer, x = fp8_layers[name], inputs[name].reshape(-1, inputs[name].shape[-1])
         x_q, x_scale = quantize_rows(x)
         emulated = fp8_matmul(x_q, x_scale, layer.weight_fp8, layer.weight_scale, torch.float32)
-        oracle = fp8_matmul(x_q, x_scale, layer.weight_fp8, layer.weight_scale, torch.float32, use_scaled_mm=True)
+        oracle = fp8_matmul(
+            x_q, x_scale, layer.weight_fp8, layer.weight_scale, torch.float32, use_scaled_mm=True
+        )
         torch.testing.assert_close(emulated, oracle, rtol=1e-5, atol=1e-5 * float(oracle.abs().max()))
 
 
@@ -99,12 +104,14 @@ def test_conversion_keeps_lm_head_embeddings_norms_and_halves_bytes(smol_fp8, sm
     assert type(smol_fp8.lm_head) is torch.nn.Linear and smol_fp8.lm_head.weight.dtype == torch.float32
     assert smol_fp8.embed_tokens.weight.dtype == torch.float32
     assert len(fp8_linears(smol_fp8)) == 210
-    layer_bytes = sum(m.weight_fp8.numel() for _, m in fp8_linears(smol_fp8))
-    assert weight_bytes(smol_fp8) < weight_bytes(model) - 3 * layer_bytes  # 4 bytes → 1 byte per weight
+    layers = [m for _, m in fp8_linears(smol_fp8)]
+    fp8_bytes = sum(m.weight_fp8.numel() for m in layers)  # 1 byte per weight instead of 4
+    scale_bytes = sum(4 * m.weight_scale.numel() for m in layers)
+    assert weight_bytes(smol_fp8) == weight_bytes(model) - 3 * fp8_bytes + scale_bytes
 
 
 def test_fp8_greedy_agreement_with_fp32(smol_fp32, smol_fp8, fp32_greedy, record_property, capsys):
-    """Measured here: 90.3 % of 455 tokens (bf16 vs fp32: 97.6 %). Every disagreement is a token the fp32
+    """Measured here: 91.3 % (284/311 tokens; 90.3 % of 455 with 24-token continuations; bf16: 97.6 %). Every disagreement is a token the fp32
     model itself nearly tied on (top-1 minus top-2 logit < 2; 42 % of this model's greedy tokens are that
     close), so the bounds are: ≥ 85 % agreement, and no flip of a token fp32 leads by ≥ 2.5 logits.
     The issue's 95 % bar is NOT met by FP8 on this 135M model (see docs/gpu.md); a broken quantiser

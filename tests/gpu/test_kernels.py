@@ -148,4 +148,6 @@ def test_default_split_heuristic_is_one_on_cpu():
 
     q = torch.zeros(1, 32, 17, 128)
     assert default_num_splits(q, torch.zeros(1, 8, 4096, 128), 64) == 1
-    assert math.isfinite(float(verify_attention_reference(q[:, :, :1], *torch.zeros(2, 1, 8, 16, 128), 3).sum()))
+    assert math.isfinite(
+        float(verify_attention_reference(q[:, :, :1], *torch.zeros(2, 1, 8, 16, 128), 3).sum())
+    )

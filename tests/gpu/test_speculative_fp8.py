@@ -28,7 +28,9 @@ def test_fp8_target_speculative_equals_fp8_autoregressive(smol_fp32, smol_fp8, c
         plain, _ = generate_ids(smol_fp8, prompt, NEW_TOKENS, eos_ids=eos)
         max_len = len(prompt) + NEW_TOKENS + 20
         for drafter in (ModelDrafter(draft_model, max_len), NgramDrafter()):
-            spec, steps = generate_ids(smol_fp8, prompt, NEW_TOKENS, drafter=drafter, k=AdaptiveK(1, 8), eos_ids=eos)
+            spec, steps = generate_ids(
+                smol_fp8, prompt, NEW_TOKENS, drafter=drafter, k=AdaptiveK(1, 8), eos_ids=eos
+            )
             assert spec == plain, (text, drafter.name, tokenizer.decode(plain), tokenizer.decode(spec))
             if drafter.name == "model":
                 drafted += sum(s.drafted for s in steps)

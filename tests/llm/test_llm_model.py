@@ -13,7 +13,9 @@ from llm.model import ModelArgs, Transformer
 @pytest.mark.slow
 def test_smollm2_logits_match_transformers_prefill_chunks_and_steps(smol, hf_smol):
     target, tokenizer = smol
-    ids = tokenizer("The quick brown fox jumps over the lazy dog because it was in a hurry to get home.")["input_ids"]
+    ids = tokenizer("The quick brown fox jumps over the lazy dog because it was in a hurry to get home.")[
+        "input_ids"
+    ]
     with torch.inference_mode():
         reference = hf_smol(torch.tensor([ids])).logits[0]
     cache = target.new_cache(64)
@@ -58,7 +60,9 @@ def test_refusals(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ModelLoadError):
         ensure_hf_folder(tmp_path)
-    args = ModelArgs(vocab_size=8, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=4, intermediate_size=8)
+    args = ModelArgs(
+        vocab_size=8, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=4, intermediate_size=8
+    )
     model = Transformer.random(args)
     with pytest.raises(ValueError, match="do not fit"):
         model(torch.tensor([1, 2, 3]), model.new_cache(4), 2)
