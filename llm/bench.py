@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-verify-costs", action="store_true", help="skip the T-token forward cost table"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
 
 
 @dataclass
@@ -200,6 +201,8 @@ def run(args: argparse.Namespace, config) -> int:
     from llm.engine import Engine
     from llm.loading import ensure_hf_folder, load_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     profile = resolve_profile(config)
     backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
     device, dtype = str(backend.device), backend.dtype
@@ -210,7 +213,7 @@ def run(args: argparse.Namespace, config) -> int:
     k_min, k_max = config.llm.k_min, config.llm.k_max
     texts = PROMPTS[: max(1, min(args.prompts, len(PROMPTS)))]
     print(f"model {folder.name}  device {device}  dtype {str(dtype).removeprefix('torch.')}  drafter {drafter}  "
-          f"k {k_min}-{k_max}  prompts {len(texts)}  max tokens {args.max_tokens}  repeats {args.repeats}")  # fmt: skip
+          f"k {k_min}-{k_max}  threads {torch.get_num_threads()}  prompts {len(texts)}  max tokens {args.max_tokens}  repeats {args.repeats}")  # fmt: skip
 
     costs = {} if args.skip_verify_costs else verify_costs(folder)
     for name, row in costs.items():
@@ -276,6 +279,7 @@ def run(args: argparse.Namespace, config) -> int:
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "k_range": [k_min, k_max],
+        "threads": torch.get_num_threads(),
         "prompts": len(texts),
         "max_new_tokens": args.max_tokens,
         "repeats": args.repeats,

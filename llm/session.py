@@ -52,6 +52,7 @@ from llm.engine import AdaptiveK, Engine, speculative_step
 from llm.sampling import GREEDY, SamplingParams
 
 CHUNK = 16
+FINAL_CHUNK = 256
 _NO_SPACE_BEFORE = tuple(".,!?;:)]}'\"%…")
 
 
@@ -197,8 +198,11 @@ class Session:
         if goal <= common:
             return
         started = time.perf_counter()
-        for start in range(common, goal, self.chunk):
-            piece = sequence[start : min(goal, start + self.chunk)]
+        # Streaming: 16-token chunks. Final: the whole remainder at once (at most FINAL_CHUNK per forward),
+        # since the text is complete and one larger forward beats several small ones.
+        step = self.chunk if whole_chunks_only else max(self.chunk, FINAL_CHUNK)
+        for start in range(common, goal, step):
+            piece = sequence[start : min(goal, start + step)]
             self.model(torch.tensor(piece), self.cache, start, last_only=True)
             self._cached += piece
             self.stats.prefill_forwards += 1

@@ -10,7 +10,7 @@ from llm.drafters import ModelDrafter, NgramDrafter
 from llm.engine import AdaptiveK, generate_ids
 
 PROMPTS = ["Tell me a joke about cats.", "Why is the sky blue?", "Who wrote Hamlet?"]
-NEW_TOKENS = 20
+NEW_TOKENS = 16
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -22,7 +22,6 @@ def test_fp8_target_speculative_equals_fp8_autoregressive(smol_fp32, smol_fp8, c
     draft_model, tokenizer = smol_fp32
     eos = frozenset({tokenizer.eos_token_id})
     drafted = accepted = 0
-    differs_from_fp32 = 0
     for text in PROMPTS:
         prompt = _ids(tokenizer, text)
         plain, _ = generate_ids(smol_fp8, prompt, NEW_TOKENS, eos_ids=eos)
@@ -35,11 +34,8 @@ def test_fp8_target_speculative_equals_fp8_autoregressive(smol_fp32, smol_fp8, c
             if drafter.name == "model":
                 drafted += sum(s.drafted for s in steps)
                 accepted += sum(s.accepted for s in steps)
-        fp32_plain, _ = generate_ids(draft_model, prompt, NEW_TOKENS, eos_ids=eos)
-        differs_from_fp32 += fp32_plain != plain
     with capsys.disabled():
-        print(f"\n[fp8 speculative] fp32 draft → fp8 target: accepted {accepted}/{drafted} drafted tokens; "
-              f"fp8 output differs from fp32 greedy on {differs_from_fp32}/{len(PROMPTS)} prompts")  # fmt: skip
+        print(f"\n[fp8 speculative] fp32 draft → fp8 target: accepted {accepted}/{drafted} drafted tokens")  # fmt: skip
     assert accepted < drafted  # the draft was rejected somewhere: the check had something to catch
     assert accepted > 0
 
