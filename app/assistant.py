@@ -81,7 +81,7 @@ class Assistant:
 def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> Engine:
     """The LLM target and drafter of a profile, on the device and number format the hardware allows
     (`llm.backends` decides: FP8 target on H100-class GPUs, bf16 on other GPUs, fp32 on CPU)."""
-    from llm.backends import prepare_model, select_backend
+    from llm.backends import graphed, prepare_model, select_backend
     from llm.engine import Engine
 
     target = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
@@ -90,9 +90,10 @@ def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> E
         draft = str(fetch(draft, offline=offline))
     engine = Engine.load(fetch(profile.llm, offline=offline), draft=draft, dtype=target.dtype,
                          device=str(target.device), k_min=config.llm.k_min, k_max=config.llm.k_max)
-    prepare_model(engine.target, target)
+    # On CUDA the hot shapes (1-token draft step, (k+1)-token verify) replay CUDA graphs; no-op elsewhere.
+    engine.target = graphed(prepare_model(engine.target, target), target, config.llm.k_max)
     if engine.draft_model is not None:
-        prepare_model(engine.draft_model, select_backend(config.llm.device, config.llm.dtype,
-                                                         profile=profile.name, role="draft"))
+        draft_backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="draft")
+        engine.draft_model = graphed(prepare_model(engine.draft_model, draft_backend), draft_backend, 0)
     log.info("llm backend: %s (%s); drafter: %s", target.name, target.reason, engine.drafter_name)
     return engine
