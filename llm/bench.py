@@ -15,8 +15,16 @@ tokens equal hf_ar's. Warm-up first; each figure is the median of `--repeats` ru
 It also measures the cost of a T-token forward of our model in fp32 and bf16 (`verify_cost_ms`): the
 speculative engine wants verify sizes whose cost is close to a 1-token step.
 
-Defaults chosen from measurement on the 2-core CPU (see the report in docs / the JSON `note`): fp32,
-n-gram drafter, k in [1, 16]. Numbers taken while other work shares the machine are noisy.
+Measured here (2-core AMD EPYC with avx512_bf16, SmolLM2-135M, other work sharing the machine), median
+ms of a T-token forward of our model at position 200 with ONE intra-op thread:
+    fp32  T=1:39  2:62  4:59  8:70  9:78  16:94  17:103   (a 9-token verify costs 2.0x a step)
+    bf16  T=1:30  2:28  4:29  8:32  9:33  16:39  17:40    (flat: a 9-token verify costs 1.1x, 17 tokens 1.33x)
+With torch's default 2 threads on the busy machine, fp32 M=2..3 matmuls hit a ~16 ms slow path (a whole
+forward took 0.3-3.6 s) and every forward was 3-8x slower than with one thread. Hence the recommended CPU
+setting: bf16 (the weights are dequantised Q4_1, so bf16 loses nothing that matters), one intra-op thread
+(`--threads 1`), the n-gram drafter (the only drafter for SmolLM2-135M: no smaller model shares its
+tokenizer), and k in [8, 16] because a wrong draft costs almost nothing when verify cost is flat.
+The device/dtype default itself comes from the config/profile and llm.backends; see the report.
 """
 
 from __future__ import annotations

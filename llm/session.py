@@ -122,8 +122,11 @@ class Session:
         self.drafter = engine.new_drafter(max_context)
         self.k = AdaptiveK(engine.k_min, engine.k_max)
         self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
-        if "<|im_start|>" not in self.tokenizer.get_vocab():
+        if seed is None:
+            self.generator.seed()  # non-deterministic, without touching torch's global generator
+        else:
+            self.generator.manual_seed(seed)
+        if self.tokenizer.convert_tokens_to_ids("<|im_start|>") in (None, self.tokenizer.unk_token_id):
             raise SessionError(
                 "the tokenizer has no ChatML tokens (<|im_start|>); only ChatML models are supported"
             )
@@ -273,7 +276,9 @@ class Session:
     def add_turn(self, user_text: str, reply_text: str | None = None) -> None:
         """A whole text turn; with `reply_text`, the assistant's answer is added to history as well."""
         with self._lock:
-            self.revise(user_text)
+            turn = self._user_turn()  # no streaming prefill: the text is complete, end_user_turn does it once
+            turn.text, turn.tokens = user_text, self._encode(user_text)
+            self._version += 1
             self.end_user_turn()
             if reply_text is not None:
                 self._open.text, self._open.tokens = reply_text, self._encode(reply_text)

@@ -77,6 +77,17 @@ def test_random_extend_revise_sequences_equal_fresh_prefill(tiny_engine):
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_streaming_prefill_uses_whole_16_token_chunks(tiny_engine):
+    session = Session(tiny_engine, system_prompt=SYSTEM)
+    session.extend("one two three four five six seven eight nine ten eleven twelve thirteen fourteen")
+    cached, total = len(session._cached), len(session.tokens())
+    assert cached > 0 and cached % 16 == 0 and total - 1 - cached < 16  # only whole chunks while speaking
+    session.end_user_turn()
+    assert len(session._cached) == len(session.tokens()) - 1  # all but the pending last token
+    check(session, tiny_engine)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_chat_template_and_history_edits(tiny_engine, tokenizer):
     session = Session(tiny_engine, system_prompt=SYSTEM)
     session.add_turn("Hi there", "Hello! How can I help?")
