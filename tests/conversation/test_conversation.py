@@ -69,6 +69,7 @@ async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(assistant, 
     driver = Driver(conv)
     await driver.push(audio)
     await driver.wait_for(lambda e: e.type == "metrics", "metrics")
+    replies = list(conv._replies.values())  # close() lets go of them
     await driver.close()
 
     check_event_order(driver.events)
@@ -76,7 +77,7 @@ async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(assistant, 
     started = driver.of_type("reply_started")
     assert len(started) == 1
     assert {e.reply_id for e in driver.events if hasattr(e, "reply_id")} == {started[0].reply_id}
-    discarded = [r for r in conv._replies.values() if r.discarded]
+    discarded = [r for r in replies if r.discarded]
     assert discarded, "a preemptive reply should have been started in the pause (and dropped)"
     final = driver.of_type("transcript_final")[0].text
     assert {"name", "largest", "planet"} <= set(words(final))
@@ -101,12 +102,12 @@ async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(assistan
     cut = driver.events.index(interrupted)
     await driver.push(silence(1500))
     await driver.wait_for(lambda e: e.type == "metrics" and e.reply_id != first.reply_id, "second reply")
+    reply = conv._replies[first.reply_id]  # close() lets go of it
     await driver.close()
 
     check_event_order(driver.events)
     after = [e for e in driver.events[cut + 1 :] if getattr(e, "reply_id", None) == first.reply_id]
     assert all(e.type == "metrics" for e in after), [e.type for e in after]  # nothing more was said
-    reply = conv._replies[first.reply_id]
     from tts.stream import words_heard
 
     assert interrupted.spoken_text == words_heard(reply.pieces, 1200.0)
