@@ -85,6 +85,10 @@ def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> E
     from llm.engine import Engine
 
     target = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
+    if target.device.type == "cpu" and config.llm.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.llm.threads)  # process-wide: the LLM shares 2 cores with ASR and TTS
     draft = profile.draft
     if draft not in ("ngram", "none", ""):
         draft = str(fetch(draft, offline=offline))

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-verify-costs", action="store_true", help="skip the T-token forward cost table"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the config's llm.threads, 1)")
 
 
 @dataclass
@@ -209,8 +209,9 @@ def run(args: argparse.Namespace, config) -> int:
     from llm.engine import Engine
     from llm.loading import ensure_hf_folder, load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or config.llm.threads
+    if threads:
+        torch.set_num_threads(threads)
     profile = resolve_profile(config)
     backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
     device, dtype = str(backend.device), backend.dtype

@@ -14,7 +14,7 @@ def test_cpu_defaults_and_requests():
     auto = select_backend("auto", "auto")
     if torch.cuda.is_available():
         pytest.skip("CPU defaults are checked on CPU-only machines")
-    assert auto.device.type == "cpu" and auto.dtype == torch.float32 and not auto.fp8
+    assert auto.device.type == "cpu" and auto.dtype == torch.bfloat16 and not auto.fp8
     assert select_backend("cpu", "bfloat16").dtype == torch.bfloat16
     fp8 = select_backend("cpu", "fp8")
     assert fp8.fp8 and fp8.dtype == torch.float32 and "emulated" in fp8.reason
