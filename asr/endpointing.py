@@ -9,6 +9,8 @@ DANGLING = {
     "a", "an", "the", "and", "or", "but", "so", "because", "to", "of", "in", "on", "at", "for", "with",
     "from", "about", "my", "your", "our", "their", "his", "her", "its", "is", "are", "was", "were", "what",
     "which", "who", "that", "if", "than", "then", "um", "uh", "like", "how", "when", "where", "why", "i",
+    "between", "into", "onto", "through", "across", "against", "among", "toward", "towards", "upon", "via",
+    "during", "within", "every", "each", "very",
 }  # fmt: skip
 
 

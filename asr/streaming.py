@@ -53,6 +53,9 @@ def common_prefix_length(a: list[str], b: list[str]) -> int:
     return n
 
 
+RESTART_WORDS = 4  # the utterance's first words heard again this many in a row: Whisper started over
+
+
 def loop_start(words: list[str]) -> int | None:
     """Where Whisper starts looping: the second copy of a 2+ word phrase said twice in a row, or a new
     sentence that restarts the utterance from its beginning ('What is X? What is')."""
@@ -65,6 +68,8 @@ def loop_start(words: list[str]) -> int | None:
     for j in range(1, n):
         if words[j - 1][-1:] in ".?!" and norm[j:] == norm[: n - j]:
             return j
+        if n - j >= RESTART_WORDS and norm[j : j + RESTART_WORDS] == norm[:RESTART_WORDS]:
+            return j  # the utterance starts over mid-sentence ('what is the difference ... what is the difference')
     return None
 
 
