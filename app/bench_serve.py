@@ -145,19 +145,10 @@ async def _short_session(url: str) -> bool:
     """Connect, ask in text, wait for the first reply audio, cancel, disconnect."""
     from websockets.asyncio.client import connect
 
+    from app.commands.client import user_text_event
+
     async with connect(url, max_size=None) as ws:
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Say hello."}],
-                    },
-                }
-            )
-        )
+        await ws.send(json.dumps(user_text_event("Say hello.")))
         await ws.send(json.dumps({"type": "response.create"}))
         cancelled = False
         async for raw in ws:

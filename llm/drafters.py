@@ -86,7 +86,7 @@ class ModelDrafter:
 
     def _feed(self, context: list[int], chunk: int = 16, need_logits: bool = True) -> Tensor | None:
         """Roll back to the common prefix with `context` and feed the rest; returns the last row's logits."""
-        common = _common_prefix(self.cached, context)
+        common = common_prefix(self.cached, context)
         if need_logits and common == len(context):  # nothing new: re-feed the last token for its logits
             common -= 1
         del self.cached[common:]
@@ -124,7 +124,8 @@ class ModelDrafter:
         return Draft(tokens, None if params.greedy else torch.stack(rows))
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists (how far a cache can be kept)."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

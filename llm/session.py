@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llm.drafters import common_prefix
 from llm.engine import AdaptiveK, Engine, speculative_step
 from llm.sampling import GREEDY, SamplingParams
 
@@ -194,7 +195,7 @@ class Session:
         self._fit(sequence)
         sequence = self.tokens()
         goal = len(sequence) - 1
-        common = min(_common_prefix(self._cached, sequence), goal)
+        common = min(common_prefix(self._cached, sequence), goal)
         del self._cached[common:]
         if whole_chunks_only:
             goal = common + (goal - common) // self.chunk * self.chunk
@@ -421,14 +422,6 @@ class Session:
         finally:
             cancel.set()
             await asyncio.to_thread(steps.close)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _find_stop(text: str, stop: tuple[str, ...]) -> int | None:

@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
 
 
+def user_text_event(text: str) -> dict:
+    """A Realtime `conversation.item.create` carrying one user text message."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return {"type": "conversation.item.create", "item": item}
+
+
 def _connect(url: str, token: str | None):
     from websockets.asyncio.client import connect
 
@@ -122,18 +128,7 @@ async def converse(
         )
         try:
             if text is not None:
-                await ws.send(
-                    json.dumps(
-                        {
-                            "type": "conversation.item.create",
-                            "item": {
-                                "type": "message",
-                                "role": "user",
-                                "content": [{"type": "input_text", "text": text}],
-                            },
-                        }
-                    )
-                )
+                await ws.send(json.dumps(user_text_event(text)))
                 eos.append(time.perf_counter())
                 await ws.send(json.dumps({"type": "response.create"}))
             elif audio is not None:
