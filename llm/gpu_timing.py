@@ -28,10 +28,8 @@ SHAPES: dict[str, ModelArgs] = {
                               intermediate_size=1536, rope_theta=100000.0, max_positions=8192),
 }  # fmt: skip
 SMOKE_SHAPES: dict[str, ModelArgs] = {
-    "qwen2.5-7b": ModelArgs(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
-                            intermediate_size=18944, rope_theta=1e6, max_positions=8192, qkv_bias=True),
-    "qwen2.5-0.5b": ModelArgs(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
-                              intermediate_size=4864, rope_theta=1e6, max_positions=8192, qkv_bias=True),
+    "qwen2.5-7b": SHAPES["qwen2.5-7b"],
+    "qwen2.5-0.5b": SHAPES["qwen2.5-0.5b"],
     "tiny-target": ModelArgs(vocab_size=512, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
                              intermediate_size=256, max_positions=512),
     "tiny-draft": ModelArgs(vocab_size=512, dim=64, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=32,
