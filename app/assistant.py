@@ -50,8 +50,11 @@ class Assistant:
         times["asr"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        voice = Voice(fetch(profile.tts, offline=offline), length_scale=config.tts.length_scale,
-                      speaker=config.tts.speaker)
+        voice = Voice(
+            fetch(profile.tts, offline=offline),
+            length_scale=config.tts.length_scale,
+            speaker=config.tts.speaker,
+        )
         times["tts"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -78,12 +81,34 @@ class Assistant:
         return Conversation(self, config or self.config.conversation)
 
 
+def _check_fp8_options(config: Config) -> None:
+    from app.config import ConfigError
+
+    if config.llm.fp8_rounding not in ("gptq", "nearest"):
+        raise ConfigError(f"llm.fp8_rounding: {config.llm.fp8_rounding!r} is not one of gptq, nearest")
+    if config.llm.fp8_act_terms not in (1, 2):
+        raise ConfigError(f"llm.fp8_act_terms: {config.llm.fp8_act_terms!r} is not 1 or 2")
+
+
+def _fp8_options(config: Config, engine: Engine, backend) -> dict:
+    """prepare_model's FP8 options from [llm] fp8_rounding / fp8_act_terms (only read for FP8 targets)."""
+    if not backend.fp8:
+        return {}
+    calibration = None
+    if config.llm.fp8_rounding == "gptq":
+        from llm.gptq import calibration_sequences
+
+        calibration = calibration_sequences(engine.tokenizer)
+    return {"act_terms": config.llm.fp8_act_terms, "calibration": calibration}
+
+
 def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> Engine:
     """The LLM target and drafter of a profile, on the device and number format the hardware allows
     (`llm.backends` decides: FP8 target on H100-class GPUs, bf16 on other GPUs, fp32 on CPU)."""
     from llm.backends import graphed, prepare_model, select_backend
     from llm.engine import Engine
 
+    _check_fp8_options(config)
     target = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
     if target.device.type == "cpu" and config.llm.threads > 0:
         import torch
@@ -92,12 +117,21 @@ def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> E
     draft = profile.draft
     if draft not in ("ngram", "none", ""):
         draft = str(fetch(draft, offline=offline))
-    engine = Engine.load(fetch(profile.llm, offline=offline), draft=draft, dtype=target.dtype,
-                         device=str(target.device), k_min=config.llm.k_min, k_max=config.llm.k_max)
+    engine = Engine.load(
+        fetch(profile.llm, offline=offline),
+        draft=draft,
+        dtype=target.dtype,
+        device=str(target.device),
+        k_min=config.llm.k_min,
+        k_max=config.llm.k_max,
+    )
     # On CUDA the hot shapes (1-token draft step, (k+1)-token verify) replay CUDA graphs; no-op elsewhere.
-    engine.target = graphed(prepare_model(engine.target, target), target, config.llm.k_max)
+    engine.target = graphed(prepare_model(engine.target, target, **_fp8_options(config, engine, target)),
+                            target, config.llm.k_max)  # fmt: skip
     if engine.draft_model is not None:
-        draft_backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="draft")
+        draft_backend = select_backend(
+            config.llm.device, config.llm.dtype, profile=profile.name, role="draft"
+        )
         engine.draft_model = graphed(prepare_model(engine.draft_model, draft_backend), draft_backend, 0)
     log.info("llm backend: %s (%s); drafter: %s", target.name, target.reason, engine.drafter_name)
     return engine

@@ -55,6 +55,11 @@ class LLMConfig:
     # what a 1-token step does in bf16 (bench llm), so drafting fewer than 8 wastes the forward.
     k_min: int = 8
     k_max: int = 16
+    # FP8 targets (gpu-h100, or dtype=fp8): weight rounding "gptq" (calibrated, ~96 % greedy agreement with
+    # fp32 on SmolLM2) or "nearest" (no calibration pass, ~92 %); activations in 1 or 2 fp8 terms per token
+    # (2 costs a second accumulator, not a second weight read; docs/gpu.md has the measurements).
+    fp8_rounding: str = "gptq"
+    fp8_act_terms: int = 2
     threads: int = 1  # torch threads on CPU: 1 leaves the other core to ASR/TTS, which run at the same time
     seed: int | None = None
 
@@ -155,7 +160,9 @@ def _coerce(dotted: str, value: Any, hint: Any) -> Any:
         if base in (int, float, str):
             return base(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{dotted}: cannot use {value!r} (expected {getattr(base, '__name__', base)})") from None
+        raise ConfigError(
+            f"{dotted}: cannot use {value!r} (expected {getattr(base, '__name__', base)})"
+        ) from None
     return value
 
 
@@ -190,7 +197,7 @@ def load_config(
         prefix = f"SPECVOICE_{section.upper()}_"
         for key, value in environ.items():
             if key.startswith(prefix):
-                config.set(f"{section}.{key[len(prefix):].lower()}", value)
+                config.set(f"{section}.{key[len(prefix) :].lower()}", value)
     if environ.get("SPECVOICE_PROFILE"):
         config.set("models.profile", environ["SPECVOICE_PROFILE"])
     if environ.get("SPECVOICE_OFFLINE"):

@@ -3,6 +3,12 @@
 Scheme: weights per output channel (one fp32 scale per row of the [N, K] weight), activations per token
 (one scale per row of the [M, K] input, computed at run time from that row's absolute maximum).
 
+Activations can be quantised into two fp8 terms (`act_terms=2`): the row rounded to e4m3, then what that
+rounding lost, rounded again with its own per-token scale. The two terms go through ONE scaled matmul as
+2M rows, so the fp8 weight is still read once; decode (M ≤ 17 rows) is bound by that read, so the second
+term costs next to nothing there while cutting the activation error from ~2⁻⁵ to ~2⁻⁹ relative. Measured
+on SmolLM2-135M (docs/gpu.md): one term costs as many greedy tokens as the fp8 weights themselves do.
+
 CPU emulation of `torch._scaled_mm` (which runs on CPU too, but ~100× slower): every e4m3 value is a
 multiple of 2⁻⁹ below 448, so each product is a multiple of 2⁻¹⁸ below 2¹⁸ and any sum of K ≤ 2¹⁰·⁵ of
 them fits in 47 bits — float64 adds them *exactly*, in any order. The emulation is therefore the exact
@@ -24,10 +30,59 @@ MIN_SCALE = 1e-12  # an all-zero row still gets a finite, positive scale
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric quantisation of a [..., K] tensor: (fp8 values, fp32 scales [..., 1])."""
+    return quantize_activations(x, 1)
+
+
+def quantize_scaled(y: torch.Tensor, scale: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows already divided by their scale and clamped to ±448 (fp32 [M, K]; scale [M, 1]) → (fp8
+    [terms·M, K], scales [terms·M, 1]) with x ≈ Σ_terms q·scale.
+
+    terms=2: rows M..2M-1 hold the rounding residual r = y − fp8(y) (exact in fp32), quantised with its
+    own scale s·s_r. The fused Triton kernel does the same arithmetic; the tests compare the two.
+    """
+    q_hi = y.to(FP8_DTYPE)
+    if terms == 1:
+        return q_hi, scale
+    if terms != 2:
+        raise ValueError(f"act_terms must be 1 or 2, got {terms}")
+    residual = y - q_hi.float()
+    r_scale = (residual.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(MIN_SCALE)
+    q_lo = (residual * (1.0 / r_scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return torch.cat([q_hi, q_lo]), torch.cat([scale, scale * r_scale])
+
+
+def quantize_activations(x: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token quantisation of [M, K] into `terms` fp8 terms (1: `quantize_rows`)."""
     x32 = x.float()
     scale = (x32.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(MIN_SCALE)
-    q = (x32 * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, scale
+    return quantize_scaled((x32 * (1.0 / scale)).clamp(-FP8_MAX, FP8_MAX), scale, terms)
+
+
+def sum_terms(y: torch.Tensor, terms: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """[terms·M, N] partial products (fp32 or wider) → [M, N] in out_dtype."""
+    if terms == 1:
+        return y.to(out_dtype)
+    m = y.shape[0] // terms
+    return sum(y[i * m : (i + 1) * m] for i in range(terms)).to(out_dtype)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+    act_terms: int = 1,
+    *,
+    w_dequant: torch.Tensor | None = None,
+    use_scaled_mm: bool | None = None,
+) -> torch.Tensor:
+    """x [M, K] @ (w_q·w_scale)ᵀ with x quantised per token into `act_terms` fp8 terms, one matmul."""
+    a_q, a_scale = quantize_activations(x, act_terms)
+    partial_dtype = out_dtype if act_terms == 1 else torch.float32  # sum the terms before rounding
+    y = fp8_matmul(
+        a_q, a_scale, w_q, w_scale, partial_dtype, w_dequant=w_dequant, use_scaled_mm=use_scaled_mm
+    )
+    return sum_terms(y, act_terms, out_dtype)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,11 @@ bound by.
 Semantics (both versions), for x [M, K], norm weight g [K], fp8 weight W [N, K] with row scales s_w [N]:
     rstd   = 1 / sqrt(mean(x²) + eps)                    (fp32)
     s_x    = max(|x · g|) · rstd / 448                   (per token; the absmax of the normalised row)
-    q      = fp8(clamp(x · g · (rstd / s_x), ±448))
+    y      = clamp(x · g · (rstd / s_x), ±448);  q = fp8(y)
     out    = (q @ Wᵀ) · s_x · s_w                         (fp32 accumulate, cast to out_dtype)
+With act_terms=2 the residual r = y − q gets its own per-token scale s_r = max|r| / 448 and a second fp8
+term: out += (fp8(r / s_r) @ Wᵀ) · s_x · s_r · s_w — same weight tiles, a second accumulator
+(see `kernels.fp8_ops`).
 Unlike an unfused HF RMSNorm in bf16, the normalised row is never rounded to bf16 before quantisation.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from kernels.dispatch import interpreting, mark_broken, resolve_backend
-from kernels.fp8_ops import FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_matmul
+from kernels.fp8_ops import FP8_MAX, MIN_SCALE, fp8_matmul, quantize_scaled, sum_terms
 
 
 def rmsnorm_fp8_linear_reference(
@@ -29,6 +32,7 @@ def rmsnorm_fp8_linear_reference(
     w_scale: torch.Tensor,
     eps: float,
     out_dtype: torch.dtype,
+    act_terms: int = 1,
     *,
     w_dequant: torch.Tensor | None = None,
     use_scaled_mm: bool | None = None,
@@ -40,9 +44,10 @@ def rmsnorm_fp8_linear_reference(
     rstd = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
     xg = x32 * g
     scale = (xg.abs().amax(dim=-1, keepdim=True) * rstd / FP8_MAX).clamp_min(MIN_SCALE)
-    q = (xg * (rstd / scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    out = fp8_matmul(q, scale, w_q, w_scale, out_dtype, w_dequant=w_dequant, use_scaled_mm=use_scaled_mm)
-    return out.reshape(*shape[:-1], w_q.shape[0])
+    q, scales = quantize_scaled((xg * (rstd / scale)).clamp(-FP8_MAX, FP8_MAX), scale, act_terms)
+    partial_dtype = out_dtype if act_terms == 1 else torch.float32
+    out = fp8_matmul(q, scales, w_q, w_scale, partial_dtype, w_dequant=w_dequant, use_scaled_mm=use_scaled_mm)
+    return sum_terms(out, act_terms, out_dtype).reshape(*shape[:-1], w_q.shape[0])
 
 
 def _kernel():
@@ -60,7 +65,7 @@ def _pick_blocks(m: int, n: int) -> tuple[int, int, int]:
 
 def rmsnorm_fp8_linear_triton(
     x: torch.Tensor, norm_weight: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, eps: float,
-    out_dtype: torch.dtype, dot_mode: int | None = None,
+    out_dtype: torch.dtype, dot_mode: int | None = None, act_terms: int = 1,
 ) -> torch.Tensor:  # fmt: skip
     """The fused Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1). dot_mode: see the kernel; default
     1 (bf16-widened dot) on GPUs, 2 (fp32) under the interpreter."""
@@ -81,7 +86,7 @@ def rmsnorm_fp8_linear_triton(
     _kernel()[grid](
         x2, norm_weight, w_q, w_scale, out, m, n, k, x2.stride(0), w_q.stride(0), out.stride(0), float(eps),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        DOT_MODE=(2 if interpreting() else 1) if dot_mode is None else dot_mode,
+        DOT_MODE=(2 if interpreting() else 1) if dot_mode is None else dot_mode, ACT_TERMS=act_terms,
     )  # fmt: skip
     return out.reshape(*shape[:-1], n)
 
@@ -93,6 +98,7 @@ def rmsnorm_fp8_linear(
     w_scale: torch.Tensor,
     eps: float,
     out_dtype: torch.dtype | None = None,
+    act_terms: int = 1,
     *,
     backend: str = "auto",
     w_dequant: torch.Tensor | None = None,
@@ -101,9 +107,13 @@ def rmsnorm_fp8_linear(
     out_dtype = out_dtype or x.dtype
     if resolve_backend(backend, x, "rmsnorm_fp8_linear") == "triton":
         try:
-            return rmsnorm_fp8_linear_triton(x, norm_weight, w_q, w_scale, eps, out_dtype)
+            return rmsnorm_fp8_linear_triton(
+                x, norm_weight, w_q, w_scale, eps, out_dtype, act_terms=act_terms
+            )
         except Exception as exc:  # a compile failure on an untested GPU/Triton: fall back under "auto"
             if backend != "auto":
                 raise
             mark_broken("rmsnorm_fp8_linear", exc)
-    return rmsnorm_fp8_linear_reference(x, norm_weight, w_q, w_scale, eps, out_dtype, w_dequant=w_dequant)
+    return rmsnorm_fp8_linear_reference(
+        x, norm_weight, w_q, w_scale, eps, out_dtype, act_terms, w_dequant=w_dequant
+    )

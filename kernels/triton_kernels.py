@@ -33,12 +33,27 @@ def round_to_e4m3_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _fp8_dot(q, w, acc, DOT_MODE: tl.constexpr):
+    """acc += q @ w for fp8 tiles: DOT_MODE 0 native fp8, 1 widened to bf16 (exact), 2 fp32 (interpreter)."""
+    if DOT_MODE == 0:
+        return tl.dot(q, w, acc)
+    elif DOT_MODE == 1:
+        return tl.dot(q.to(tl.bfloat16), w.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(q.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+
+
+@triton.jit
 def rmsnorm_fp8_linear_kernel(
     x_ptr, g_ptr, w_ptr, ws_ptr, out_ptr,
     M, N, K, stride_xm, stride_wn, stride_om, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_MODE: tl.constexpr,
+    ACT_TERMS: tl.constexpr = 1,
 ):  # fmt: skip
     """One program: BLOCK_M tokens × BLOCK_N output channels. See kernels/rmsnorm_fp8.py.
+
+    ACT_TERMS 2: each token is also quantised a second time — the residual of its first rounding, with
+    its own scale — and multiplied with the same weight tile into a second accumulator.
 
     DOT_MODE 0: native fp8 × fp8 tensor-core dot; 1: fp8 operands widened to bf16 in registers (exact,
     and any bf16 GPU has the instruction; decode is bound by the fp8 weight *reads*, not the math);
@@ -63,25 +78,40 @@ def rmsnorm_fp8_linear_kernel(
     rstd = 1.0 / tl.sqrt(sumsq / K + eps)
     scale = tl.maximum(amax * rstd / 448.0, 1e-12)
     inv = rstd / scale
+    # pass 1b (two terms): absmax of each token's first-rounding residual, in the scaled domain
+    r_scale = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    if ACT_TERMS == 2:
+        r_amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
+                        mask=row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)  # fmt: skip
+            g = tl.load(g_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            y = tl.clamp(x * g[None, :] * inv[:, None], -448.0, 448.0)
+            r_amax = tl.maximum(r_amax, tl.max(tl.abs(y - round_to_e4m3(y)), axis=1))
+        r_scale = tl.maximum(r_amax / 448.0, 1e-12)
+    r_inv = 1.0 / r_scale
     # pass 2: quantise on the fly and multiply with this program's fp8 weight columns
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_lo = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
                     mask=row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)  # fmt: skip
         g = tl.load(g_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         y = tl.clamp(x * g[None, :] * inv[:, None], -448.0, 448.0)
-        q = round_to_e4m3(y).to(tl.float8e4nv)
+        y_hi = round_to_e4m3(y)
+        q = y_hi.to(tl.float8e4nv)
         w = tl.load(w_ptr + cols[None, :] * stride_wn + kk[:, None],
                     mask=(cols[None, :] < N) & (kk[:, None] < K), other=0.0)  # fmt: skip
-        if DOT_MODE == 0:
-            acc = tl.dot(q, w, acc)
-        elif DOT_MODE == 1:
-            acc = tl.dot(q.to(tl.bfloat16), w.to(tl.bfloat16), acc)
-        else:
-            acc = tl.dot(q.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        acc = _fp8_dot(q, w, acc, DOT_MODE)
+        if ACT_TERMS == 2:
+            lo = round_to_e4m3(tl.clamp((y - y_hi) * r_inv[:, None], -448.0, 448.0)).to(tl.float8e4nv)
+            acc_lo = _fp8_dot(lo, w, acc_lo, DOT_MODE)
     ws = tl.load(ws_ptr + cols, mask=cols < N, other=0.0)
     out = acc * scale[:, None] * ws[None, :]
+    if ACT_TERMS == 2:
+        out += acc_lo * (scale * r_scale)[:, None] * ws[None, :]
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols[None, :] < N))  # fmt: skip
 

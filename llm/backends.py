@@ -21,6 +21,7 @@ a `ConfigError`, so the CLI prints it as one line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,13 +153,23 @@ def _select_cpu(dev: torch.device, want: str, role: str) -> Backend:
     return Backend(dev, DTYPES[want], False, False, f"CPU: --dtype {want}")
 
 
-def prepare_model(model: nn.Module, backend: Backend, *, fuse_norm: bool = True) -> nn.Module:
+def prepare_model(
+    model: nn.Module,
+    backend: Backend,
+    *,
+    fuse_norm: bool = True,
+    act_terms: int = 2,
+    calibration: Sequence[Sequence[int]] | None = None,
+) -> nn.Module:
     """Apply a backend to a loaded `llm.model.Transformer` in place: FP8 linears (+ fused norm kernels)
-    and the Triton attention kernel. The model must already be on backend.device in backend.dtype."""
+    and the Triton attention kernel. The model must already be on backend.device in backend.dtype.
+
+    FP8 only: act_terms — fp8 terms per activation (`kernels.fp8_ops`); calibration — token sequences for
+    GPTQ weight rounding (`llm.gptq.calibration_sequences`), None for round-to-nearest."""
     if backend.fp8:
         from llm.fp8 import convert_to_fp8, fuse_norms
 
-        n = convert_to_fp8(model)
+        n = convert_to_fp8(model, act_terms=act_terms, calibration=calibration)
         fused = fuse_norms(model) if fuse_norm else 0
         log.info("fp8: %d linear layers converted, %d fused with their RMSNorm", n, fused)
     if hasattr(model, "set_attention"):

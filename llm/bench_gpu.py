@@ -203,17 +203,17 @@ def bench_kernels(run: _Run) -> list[dict]:
         g = torch.ones(a.dim, device=dev, dtype=run.half)
         for m in run.sizes:
             x = torch.randn(m, a.dim, device=dev, generator=gen).to(run.half)
+            for terms in (1, 2):  # 2: the default (value + rounding residual); the row pair is its cost
 
-            def ref(x=x, w_q=w_q, w_s=w_s, g=g):
-                return rmsnorm_fp8_linear_reference(x, g, w_q, w_s, 1e-5, run.half)
+                def ref(x=x, w_q=w_q, w_s=w_s, g=g, terms=terms):
+                    return rmsnorm_fp8_linear_reference(x, g, w_q, w_s, 1e-5, run.half, terms)
 
-            variants = [("torch reference (norm, quantise, _scaled_mm)", ref)]
-            for mode in (1, 0) if run.cuda else (0, 2):  # 1 (bf16 dot) is wrong in the interpreter
-                variants.append((f"triton fused, dot mode {mode}",
-                                 lambda x=x, w_q=w_q, w_s=w_s, g=g, mode=mode: rmsnorm_fp8_linear_triton(x, g, w_q, w_s, 1e-5, run.half, dot_mode=mode)))  # fmt: skip
-            rows += _kernel_rows(
-                run, "rmsnorm_fp8_linear", {"M": m, "K": a.dim, "N": n}, variants, time_graphed
-            )
+                variants = [("torch reference (norm, quantise, _scaled_mm)", ref)]
+                for mode in (1, 0) if run.cuda else (0, 2):  # 1 (bf16 dot) is wrong in the interpreter
+                    variants.append((f"triton fused, dot mode {mode}",
+                                     lambda x=x, w_q=w_q, w_s=w_s, g=g, mode=mode, terms=terms: rmsnorm_fp8_linear_triton(x, g, w_q, w_s, 1e-5, run.half, dot_mode=mode, act_terms=terms)))  # fmt: skip
+                shape = {"M": m, "K": a.dim, "N": n, "act_terms": terms}
+                rows += _kernel_rows(run, "rmsnorm_fp8_linear", shape, variants, time_graphed)
     for ctx in (run.context, 4 * run.context):
         shape = (1, a.n_kv_heads, ctx + 32, a.head_dim)
         k_cache = torch.randn(shape, device=dev, generator=gen).to(run.half)

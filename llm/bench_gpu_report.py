@@ -162,6 +162,7 @@ def print_report(results: dict) -> None:
                 "M",
                 "K",
                 "N",
+                "act_terms",
                 "T",
                 "context",
                 "variant",

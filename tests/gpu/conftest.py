@@ -42,10 +42,13 @@ def smol_fp32(llm_model_dir: Path):
 
 @pytest.fixture(scope="session")
 def smol_fp8(llm_model_dir: Path):
-    """The same weights with every linear layer but the LM head in FP8, as the CPU fp8 backend prepares
-    them (exact emulation, batch-invariant attention), unfused."""
+    """The same weights with every linear layer but the LM head in FP8 as the fp8 backend prepares them by
+    default (GPTQ rounding on the packaged calibration text, two activation terms; on CPU exact emulation
+    and batch-invariant attention), unfused."""
     from llm.backends import prepare_model, select_backend
+    from llm.gptq import calibration_sequences
     from llm.loading import load_model
 
-    model, _ = load_model(llm_model_dir, dtype=torch.float32, device="cpu")
-    return prepare_model(model, select_backend("cpu", "fp8"), fuse_norm=False)
+    model, tokenizer = load_model(llm_model_dir, dtype=torch.float32, device="cpu")
+    calibration = calibration_sequences(tokenizer)
+    return prepare_model(model, select_backend("cpu", "fp8"), fuse_norm=False, calibration=calibration)

@@ -93,3 +93,36 @@ def test_prepare_model_applies_fp8_on_cpu():
     assert isinstance(model.layers[1].self_attn.o_proj, FP8Linear)
     after = model(tokens, model.new_cache(16), 0)
     assert float((after - before).norm() / before.norm()) < 0.1
+
+
+def test_prepare_model_fp8_options_reach_the_layers():
+    """Random weights, wiring only: GPTQ calibration changes the fp8 codes (not the format), act_terms
+    reaches every FP8 layer, fused ones included."""
+    from llm.fp8 import FP8Linear, fp8_linears
+    from llm.model import ModelArgs, Transformer
+
+    args = ModelArgs(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                     intermediate_size=64, max_positions=64)  # fmt: skip
+    calibration = [list(range(i, i + 40)) for i in range(0, 50, 10)]
+    nearest, gptq = Transformer.random(args, seed=0), Transformer.random(args, seed=0)
+    prepare_model(nearest, select_backend("cpu", "fp8"), act_terms=1)
+    prepare_model(gptq, select_backend("cpu", "fp8"), calibration=calibration)
+    a, b = dict(fp8_linears(nearest)), dict(fp8_linears(gptq))
+    assert a.keys() == b.keys() and len(a) == 2 * 7
+    assert {m.act_terms for m in a.values()} == {1} and {m.act_terms for m in b.values()} == {2}
+    assert all(isinstance(m, FP8Linear) and m.weight_fp8.dtype == torch.float8_e4m3fn for m in b.values())
+    assert any(not torch.equal(a[n].weight_fp8, b[n].weight_fp8) for n in a)
+
+
+def test_bad_fp8_options_are_refused_before_loading():
+    from app.assistant import load_engine
+    from app.config import load_config
+    from app.profiles import resolve_profile
+
+    for setting, value, message in (
+        ("llm.fp8_rounding", "best", "gptq, nearest"),
+        ("llm.fp8_act_terms", "3", "1 or 2"),
+    ):
+        config = load_config(environ={}, overrides={setting: value})
+        with pytest.raises(ConfigError, match=message):
+            load_engine(resolve_profile(config), config, offline=True)

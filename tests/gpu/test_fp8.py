@@ -1,10 +1,13 @@
 """FP8 linear layers on the real SmolLM2-135M weights (CPU: exact emulation of `torch._scaled_mm`).
 
-Bounds, measured here and stated so they can fail: a per-output-channel e4m3 weight has a relative
-(Frobenius) error of ~2.6 % (3 mantissa bits), asserted ≤ 3.5 %; one FP8 layer's output vs fp32 on real
-hidden states ~3–4 %, asserted ≤ 6 %. Greedy agreement is measured teacher-forced: the FP8 model predicts
-each next token of the fp32 model's own greedy continuation (so one early disagreement does not make every
-later position count as wrong).
+The model under test is what the fp8 backend builds by default: GPTQ-rounded e4m3 weights (calibrated on
+the packaged text, none of whose prompts is scored here) with one scale per output channel, activations
+quantised per token into two fp8 terms. Bounds, measured here and stated so they can fail: a
+round-to-nearest e4m3 weight has a relative (Frobenius) error of ~2.6 % (3 mantissa bits), asserted
+≤ 3.5 %; GPTQ's output error on hidden states of unseen prompts is well below round-to-nearest's (see the
+test). Greedy agreement is measured teacher-forced: the FP8 model predicts each next token of the fp32
+model's own greedy continuation (so one early disagreement does not make every later position count as
+wrong).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.fp8_ops import fp8_matmul, quantize_rows, quantize_weight
+from kernels.fp8_ops import fp8_linear, fp8_matmul, quantize_rows, quantize_weight
 from llm.fp8 import FP8Linear, FusedRMSNormFP8Linear, convert_to_fp8, fp8_linears, fuse_norms, weight_bytes
 
 PROMPTS = [
@@ -56,6 +59,23 @@ def fp32_greedy(llm_model_dir, smol_fp32) -> list[tuple[list[int], list[int]]]:
     return pairs
 
 
+@pytest.fixture(scope="session")
+def held_out_inputs(smol_fp32) -> dict[str, torch.Tensor]:
+    """The input each linear layer of the fp32 model sees on two scored prompts (not calibration text)."""
+    model, tokenizer = smol_fp32
+    inputs: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, []).append(a[0][0].detach()))
+             for n, m in model.named_modules() if type(m) is torch.nn.Linear and n != "lm_head"]  # fmt: skip
+    try:
+        for text in ("Tell me something interesting about octopuses.", PROMPTS[3]):
+            ids = torch.tensor(_chat_ids(tokenizer, text))
+            model(ids, model.new_cache(len(ids)), 0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(xs) for n, xs in inputs.items()}
+
+
 def _teacher_forced_agreement(model, sequences) -> tuple[int, int]:
     agree = total = 0
     for prompt, continuation in sequences:
@@ -79,35 +99,64 @@ def test_weight_quantisation_error_on_real_weights(smol_fp32):
     assert max(errors.values()) <= 0.035, max(errors.items(), key=lambda kv: kv[1])
 
 
-def test_fp8_linear_vs_fp32_on_real_hidden_states(smol_fp32, smol_fp8):
-    """Every FP8 layer's output vs its fp32 layer on the real inputs it sees; the CPU emulation vs
-    torch._scaled_mm on the same quantised operands."""
-    model, tokenizer = smol_fp32
-    ids = torch.tensor(_chat_ids(tokenizer, "Tell me something interesting about octopuses."))
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: inputs.__setitem__(n, a[0].detach()))
-             for n, m in model.named_modules() if type(m) is torch.nn.Linear and n != "lm_head"]  # fmt: skip
-    try:
-        model(ids, model.new_cache(len(ids)), 0)
-    finally:
-        for h in hooks:
-            h.remove()
+def test_calibration_text_is_packaged_and_disjoint_from_scored_prompts():
+    from llm.gptq import calibration_texts
+
+    items = calibration_texts()
+    assert len(items) >= 64 and all(item["reply"].strip() for item in items)
+    assert not {item["prompt"] for item in items} & set(PROMPTS)
+
+
+def test_gptq_weights_keep_the_format_and_cut_output_error(smol_fp32, smol_fp8, held_out_inputs):
+    """Same format as round-to-nearest: e4m3 codes and one scale per output channel, that scale searched
+    within one binade above amax/448 (so no weight is clipped). On hidden states of prompts it was not
+    calibrated on, its output error is far below rounding to nearest (measured: median 0.35×, worst layer
+    0.49×)."""
+    model, _ = smol_fp32
+    ratios = {}
+    for name, layer in fp8_linears(smol_fp8):
+        w = model.get_submodule(name).weight.detach()
+        rtn_q, rtn_scale = quantize_weight(w)
+        assert bool((layer.weight_scale >= rtn_scale * (1 - 1e-6)).all())
+        assert bool((layer.weight_scale < 2 * rtn_scale).all())
+        assert layer.weight_fp8.dtype == torch.float8_e4m3fn and not torch.equal(layer.weight_fp8, rtn_q)
+        x = held_out_inputs[name].double()
+        ref = x @ w.double().t()
+        errors = [float((x @ (q.double() * s.double()[:, None]).t() - ref).norm() / ref.norm())
+                  for q, s in ((layer.weight_fp8, layer.weight_scale), (rtn_q, rtn_scale))]  # fmt: skip
+        ratios[name] = errors[0] / errors[1]
+    values = sorted(ratios.values())
+    median = values[len(values) // 2]
+    print(f"\n[gptq] output error vs round-to-nearest: median {median:.2f}×, worst {values[-1]:.2f}×")
+    assert median <= 0.5, median
+    assert values[-1] <= 0.7, max(ratios.items(), key=lambda kv: kv[1])
+
+
+def test_fp8_linear_vs_fp32_on_real_hidden_states(smol_fp32, smol_fp8, held_out_inputs):
+    """Every FP8 layer's output vs its fp32 layer on real inputs (measured worst 1.3 %; one activation
+    term with round-to-nearest weights: 4.7 %), and the CPU emulation vs torch._scaled_mm on the same
+    quantised operands, for one and two activation terms."""
+    model, _ = smol_fp32
     fp8_layers = dict(fp8_linears(smol_fp8))
     worst = 0.0
-    for name, x in inputs.items():
+    for name, x in held_out_inputs.items():
         ref = x @ model.get_submodule(name).weight.t()
         out = fp8_layers[name](x)
         worst = max(worst, float((out - ref).norm() / ref.norm()))
-    assert worst <= 0.06, worst
+    print(f"\n[fp8 layers] worst output error vs fp32: {worst:.4f}")
+    assert worst <= 0.025, worst
     # the emulation is torch._scaled_mm's arithmetic (scaled_mm on CPU is slow: check a few layers)
     for name in ("layers.0.self_attn.q_proj", "layers.15.mlp.down_proj"):
-        layer, x = fp8_layers[name], inputs[name].reshape(-1, inputs[name].shape[-1])
+        layer, x = fp8_layers[name], held_out_inputs[name][:12]
         x_q, x_scale = quantize_rows(x)
         emulated = fp8_matmul(x_q, x_scale, layer.weight_fp8, layer.weight_scale, torch.float32)
         oracle = fp8_matmul(
             x_q, x_scale, layer.weight_fp8, layer.weight_scale, torch.float32, use_scaled_mm=True
         )
         torch.testing.assert_close(emulated, oracle, rtol=1e-5, atol=1e-5 * float(oracle.abs().max()))
+        two = [fp8_linear(x, layer.weight_fp8, layer.weight_scale, torch.float32, 2, use_scaled_mm=mm)
+               for mm in (False, True)]  # fmt: skip
+        torch.testing.assert_close(two[0], two[1], rtol=1e-5, atol=1e-5 * float(two[1].abs().max()))
 
 
 def test_conversion_keeps_lm_head_embeddings_norms_and_halves_bytes(smol_fp8, smol_fp32):
@@ -122,11 +171,10 @@ def test_conversion_keeps_lm_head_embeddings_norms_and_halves_bytes(smol_fp8, sm
 
 
 def test_fp8_greedy_agreement_with_fp32(smol_fp32, smol_fp8, fp32_greedy, record_property, capsys):
-    """Measured here: 91.3 % (284/311 tokens; 90.3 % of 455 with 24-token continuations; bf16: 97.6 %).
-    Every disagreement is a token the fp32 model itself nearly tied on (top-1 minus top-2 logit < 2; 42 %
-    of this model's greedy tokens are that close), so the bounds are: ≥ 85 % agreement, and no flip of a
-    token fp32 leads by ≥ 2.5 logits. The issue's 95 % bar is NOT met by FP8 on this 135M model (see
-    docs/gpu.md); a broken quantiser scores near 0 %."""
+    """The issue's bar: ≥ 95 % over ≥ 20 prompts (measured: see docs/gpu.md; bf16 vs fp32: 97.6 %).
+    Round-to-nearest weights with one activation term reach only ~92 % on this model, whose greedy tokens
+    are often near-ties (42 % lead by < 1.9 logits). Also: no flip of a token fp32 leads by ≥ 2.5 logits;
+    a broken quantiser scores near 0 %."""
     fp32_model, _ = smol_fp32
     agree = total = confident_flips = follows = 0
     for prompt, continuation in fp32_greedy:
@@ -148,23 +196,28 @@ def test_fp8_greedy_agreement_with_fp32(smol_fp32, smol_fp8, fp32_greedy, record
               f"{agree / total:.3f} over {len(fp32_greedy)} prompts; confident flips: {confident_flips}")  # fmt: skip
     assert follows >= 0.97 * total  # the texts are this fp32 model's greedy choices (HF batch ≈ ours)
     assert len(fp32_greedy) >= 20 and total >= 20 * 5
-    assert agree / total >= 0.85
+    assert agree / total >= 0.95
     assert confident_flips == 0
 
 
 def test_fused_norm_projection_equals_unfused_on_real_model(llm_model_dir, smol_fp8):
-    """fuse_norms only moves the RMSNorm into the projection: same logits up to fp8 rounding ties."""
+    """fuse_norms only moves the RMSNorm into the projection (same fp8 weights): same logits up to fp8
+    rounding ties of the normalised activations."""
     from llm.loading import load_model
 
     fused, tokenizer = load_model(llm_model_dir, dtype=torch.float32, device="cpu")
     convert_to_fp8(fused)
+    fused.load_state_dict(smol_fp8.state_dict())  # the fixture's GPTQ codes and scales
     assert fuse_norms(fused) == 30 * 5
     assert isinstance(fused.layers[0].self_attn.q_proj, FusedRMSNormFP8Linear)
     assert isinstance(fused.layers[0].mlp.down_proj, FP8Linear)
     ids = torch.tensor(_chat_ids(tokenizer, "Name a color."))
     a = fused(ids, fused.new_cache(len(ids)), 0)
     b = smol_fp8(ids, smol_fp8.new_cache(len(ids)), 0)
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    same = (a.argmax(-1) == b.argmax(-1)).float().mean()
+    print(f"\n[fused norm] argmax agreement with unfused: {float(same):.3f}; logits rel. diff "
+          f"{float((a - b).norm() / b.norm()):.2e}")  # fmt: skip
+    assert same >= 0.97 and float((a - b).norm() / b.norm()) <= 0.01
     # one fused layer on its own: identical math to RMSNorm → FP8Linear, but without the fp32 detour
     layer = fused.layers[3].self_attn.k_proj
     x = torch.randn(4, 576)

@@ -1,6 +1,7 @@
 """The speculative engine stays lossless with the FP8 target (greedy): drafts are checked against the FP8
-target itself, so speculative output = the FP8 target's own greedy decoding, token for token — even with
-the fp32 model as the draft, which disagrees with the FP8 target on ~10 % of tokens (rejections happen)."""
+target itself, so speculative output = the FP8 target's own greedy decoding, token for token — with the
+fp32 model as the draft (it disagrees with the FP8 target on a few % of tokens) and with prompt lookup
+(most of whose drafts are rejected), so both the accept and the reject path are exercised."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _ids(tokenizer, text: str) -> list[int]:
 def test_fp8_target_speculative_equals_fp8_autoregressive(smol_fp32, smol_fp8, capsys):
     draft_model, tokenizer = smol_fp32
     eos = frozenset({tokenizer.eos_token_id})
-    drafted = accepted = 0
+    drafted = {"model": 0, "ngram": 0}
+    accepted = {"model": 0, "ngram": 0}
     for text in PROMPTS:
         prompt = _ids(tokenizer, text)
         plain, _ = generate_ids(smol_fp8, prompt, NEW_TOKENS, eos_ids=eos)
@@ -31,13 +33,13 @@ def test_fp8_target_speculative_equals_fp8_autoregressive(smol_fp32, smol_fp8, c
                 smol_fp8, prompt, NEW_TOKENS, drafter=drafter, k=AdaptiveK(1, 8), eos_ids=eos
             )
             assert spec == plain, (text, drafter.name, tokenizer.decode(plain), tokenizer.decode(spec))
-            if drafter.name == "model":
-                drafted += sum(s.drafted for s in steps)
-                accepted += sum(s.accepted for s in steps)
+            drafted[drafter.name] += sum(s.drafted for s in steps)
+            accepted[drafter.name] += sum(s.accepted for s in steps)
     with capsys.disabled():
-        print(f"\n[fp8 speculative] fp32 draft → fp8 target: accepted {accepted}/{drafted} drafted tokens")  # fmt: skip
-    assert accepted < drafted  # the draft was rejected somewhere: the check had something to catch
-    assert accepted > 0
+        print(f"\n[fp8 speculative] fp8 target accepted {accepted['model']}/{drafted['model']} fp32-draft "
+              f"tokens, {accepted['ngram']}/{drafted['ngram']} prompt-lookup tokens")  # fmt: skip
+    assert accepted["model"] > drafted["model"] / 2  # the fp32 draft mostly agrees: accept path exercised
+    assert accepted["ngram"] < drafted["ngram"]  # rejections happened: the check had something to catch
 
 
 def test_fp8_verify_rows_equal_single_token_steps(smol_fp8, smol_fp32):
