@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from kernels.dispatch import interpreting, mark_broken, resolve_backend
-from kernels.fp8_ops import FP8_MAX, MIN_SCALE, fp8_matmul, quantize_scaled, sum_terms
+from kernels.fp8_ops import FP8_MAX, MIN_SCALE, fp8_matmul, partial_dtype, quantize_scaled, sum_terms
 
 
 def rmsnorm_fp8_linear_reference(
@@ -45,8 +45,9 @@ def rmsnorm_fp8_linear_reference(
     xg = x32 * g
     scale = (xg.abs().amax(dim=-1, keepdim=True) * rstd / FP8_MAX).clamp_min(MIN_SCALE)
     q, scales = quantize_scaled((xg * (rstd / scale)).clamp(-FP8_MAX, FP8_MAX), scale, act_terms)
-    partial_dtype = out_dtype if act_terms == 1 else torch.float32
-    out = fp8_matmul(q, scales, w_q, w_scale, partial_dtype, w_dequant=w_dequant, use_scaled_mm=use_scaled_mm)
+    scaled_mm = q.is_cuda if use_scaled_mm is None else use_scaled_mm
+    partial = partial_dtype(out_dtype, act_terms, scaled_mm)
+    out = fp8_matmul(q, scales, w_q, w_scale, partial, w_dequant=w_dequant, use_scaled_mm=scaled_mm)
     return sum_terms(out, act_terms, out_dtype).reshape(*shape[:-1], w_q.shape[0])
 
 
