@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.config import Config, ConversationConfig
@@ -90,16 +91,18 @@ def _check_fp8_options(config: Config) -> None:
         raise ConfigError(f"llm.fp8_act_terms: {config.llm.fp8_act_terms!r} is not 1 or 2")
 
 
-def _fp8_options(config: Config, engine: Engine, backend) -> dict:
+def _fp8_options(config: Config, engine: Engine, backend, model_source: Path) -> dict:
     """prepare_model's FP8 options from [llm] fp8_rounding / fp8_act_terms (only read for FP8 targets)."""
     if not backend.fp8:
         return {}
-    calibration = None
+    options: dict = {"act_terms": config.llm.fp8_act_terms}
     if config.llm.fp8_rounding == "gptq":
-        from llm.gptq import calibration_sequences
+        from app.store import cache_root
+        from llm.gptq import cache_path, calibration_sequences
 
-        calibration = calibration_sequences(engine.tokenizer)
-    return {"act_terms": config.llm.fp8_act_terms, "calibration": calibration}
+        options["calibration"] = calibration_sequences(engine.tokenizer)
+        options["gptq_cache"] = cache_path(cache_root() / "fp8", model_source)
+    return options
 
 
 def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> Engine:
@@ -117,16 +120,18 @@ def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> E
     draft = profile.draft
     if draft not in ("ngram", "none", ""):
         draft = str(fetch(draft, offline=offline))
+    llm_source = fetch(profile.llm, offline=offline)
     engine = Engine.load(
-        fetch(profile.llm, offline=offline),
+        llm_source,
         draft=draft,
         dtype=target.dtype,
         device=str(target.device),
         k_min=config.llm.k_min,
         k_max=config.llm.k_max,
     )
+    fp8_options = _fp8_options(config, engine, target, Path(llm_source))
     # On CUDA the hot shapes (1-token draft step, (k+1)-token verify) replay CUDA graphs; no-op elsewhere.
-    engine.target = graphed(prepare_model(engine.target, target, **_fp8_options(config, engine, target)),
+    engine.target = graphed(prepare_model(engine.target, target, **fp8_options),
                             target, config.llm.k_max)  # fmt: skip
     if engine.draft_model is not None:
         draft_backend = select_backend(

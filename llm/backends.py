@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -160,16 +161,18 @@ def prepare_model(
     fuse_norm: bool = True,
     act_terms: int = 2,
     calibration: Sequence[Sequence[int]] | None = None,
+    gptq_cache: Path | None = None,
 ) -> nn.Module:
     """Apply a backend to a loaded `llm.model.Transformer` in place: FP8 linears (+ fused norm kernels)
     and the Triton attention kernel. The model must already be on backend.device in backend.dtype.
 
     FP8 only: act_terms — fp8 terms per activation (`kernels.fp8_ops`); calibration — token sequences for
-    GPTQ weight rounding (`llm.gptq.calibration_sequences`), None for round-to-nearest."""
+    GPTQ weight rounding (`llm.gptq.calibration_sequences`), None for round-to-nearest; gptq_cache —
+    where that rounding is cached (`llm.gptq.cache_path`)."""
     if backend.fp8:
         from llm.fp8 import convert_to_fp8, fuse_norms
 
-        n = convert_to_fp8(model, act_terms=act_terms, calibration=calibration)
+        n = convert_to_fp8(model, act_terms=act_terms, calibration=calibration, gptq_cache=gptq_cache)
         fused = fuse_norms(model) if fuse_norm else 0
         log.info("fp8: %d linear layers converted, %d fused with their RMSNorm", n, fused)
     if hasattr(model, "set_attention"):

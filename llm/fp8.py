@@ -25,6 +25,7 @@ Two conversions, both in place on any module tree built from nn.Linear / RMSNorm
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -123,20 +124,22 @@ def convert_to_fp8(
     *,
     act_terms: int = 2,
     calibration: Sequence[Sequence[int]] | None = None,
+    gptq_cache: Path | None = None,
 ) -> int:
     """Replace every nn.Linear by an FP8Linear in place, except those whose dotted name has a part in
     `skip` (or for which `skip(name)` is true). Returns how many were converted.
 
     calibration: token sequences for GPTQ rounding (`llm.gptq`; needs the model's call convention, i.e.
     our Transformer); None rounds to nearest (random-weight benches, models without a tokenizer).
+    gptq_cache: a file to read the GPTQ result from, or write it to (`llm.gptq.quantize_cached`).
     Tied weights (embedding = LM head) are untouched because the LM head is skipped by default.
     """
     skipped = skip if callable(skip) else (lambda name: any(part in name.split(".") for part in skip))
     quantized: dict[str, tuple[Tensor, Tensor]] = {}
     if calibration is not None:
-        from llm.gptq import gptq_layers
+        from llm.gptq import quantize_cached
 
-        quantized = gptq_layers(model, calibration, skipped)
+        quantized = quantize_cached(model, calibration, skipped, gptq_cache)
     converted = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):

@@ -11,16 +11,20 @@ error on hidden states of unseen prompts (measured on SmolLM2-135M, docs/gpu.md)
 Calibration text ships in the package (`llm/data/fp8_calibration.json`: assistant-style questions and
 SmolLM2-135M-Instruct's own greedy replies; none of the prompts the tests score), so FP8 conversion needs
 no download. Hessians are collected a few decoder layers at a time, under a memory budget, so an 8B model
-on one GPU does not hold all of them at once.
+on one GPU does not hold all of them at once. The result (fp8 codes + scales) can be cached in one
+safetensors file (`quantize_cached`), so an FP8 target pays for calibration once, not at every start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +34,8 @@ from kernels.fp8_ops import FP8_DTYPE, FP8_MAX, MIN_SCALE
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "fp8_calibration.json"
+# bump when the rounding changes (scale search, damping, order): old cache files then stop matching
+ROUNDING_VERSION = "gptq-v1-scale32-damp0.01-actorder"
 
 
 def calibration_texts() -> list[dict[str, str]]:
@@ -209,4 +215,58 @@ def gptq_layers(
     tokens = sum(len(s) for s in sequences)
     log.info("fp8 GPTQ: %d linear layers, %d calibration tokens, %d pass(es), %.1f s", len(names), tokens,
              len(groups), time.perf_counter() - started)  # fmt: skip
+    return result
+
+
+def cache_path(cache_dir: Path, model_source: Path) -> Path:
+    """Where the GPTQ result for the model at `model_source` (file or folder) is cached: the name hashes
+    the source's path, sizes and modification times, the calibration text and the rounding version."""
+    source = Path(model_source).resolve()
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    digest = hashlib.sha256(ROUNDING_VERSION.encode())
+    digest.update(str(source).encode())
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    digest.update(resources.files("llm").joinpath("data", CALIBRATION_FILE).read_bytes())
+    return Path(cache_dir) / f"{source.name}-{digest.hexdigest()[:16]}.fp8.safetensors"
+
+
+def quantize_cached(
+    model: nn.Module, sequences: Sequence[Sequence[int]], skip, cache: Path | None
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """`gptq_layers`, read from / written to `cache` when given. A cache file that cannot be read or does
+    not fit the model (other shapes, missing layers) is logged and recomputed, never trusted; the file is
+    written to a temporary name and renamed, so an interrupted write leaves nothing half-done."""
+    from safetensors.torch import load_file, save_file
+
+    names = _linear_names(model, skip)
+    modules = dict(model.named_modules())
+    if cache is not None and Path(cache).is_file():
+        try:
+            device = str(next(model.parameters()).device)
+            stored = load_file(str(cache), device=device)
+            result = {n: (stored[f"{n}.codes"], stored[f"{n}.scale"]) for n in names}
+            for n, (codes, scale) in result.items():
+                want = (modules[n].out_features, modules[n].in_features)
+                if tuple(codes.shape) != want or codes.dtype != FP8_DTYPE or tuple(scale.shape) != want[:1]:
+                    raise ValueError(f"{n}: cached {tuple(codes.shape)} {codes.dtype}, model needs {want}")
+            log.info("fp8 GPTQ: %d layers from %s", len(result), cache)
+            return result
+        except Exception as exc:  # corrupt, truncated, other model: recompute rather than trust it
+            log.warning("fp8 GPTQ cache %s not usable (%s); recomputing", cache, exc)
+    result = gptq_layers(model, sequences, skip)
+    if cache is not None:
+        cache = Path(cache)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tensors = {}
+        for n, (codes, scale) in result.items():
+            tensors[f"{n}.codes"], tensors[f"{n}.scale"] = codes.cpu(), scale.cpu()
+        try:
+            save_file(tensors, str(tmp), metadata={"rounding": ROUNDING_VERSION})
+            os.replace(tmp, cache)
+        except OSError as exc:  # a full or read-only disk costs the next start the calibration, nothing else
+            log.warning("fp8 GPTQ cache %s not written: %s", cache, exc)
+            tmp.unlink(missing_ok=True)
     return result
