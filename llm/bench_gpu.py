@@ -30,6 +30,7 @@ from llm.gpu_timing import (
     build_random_model,
     peak_bandwidth,
     streamed_bytes,
+    synchronize,
     time_call,
 )
 
@@ -188,6 +189,26 @@ def bench_steps(run: _Run, name: str, sizes: tuple[int, ...]) -> list[dict]:
     return rows
 
 
+def bench_fp8_conversion(run: _Run, name: str) -> dict:
+    """Seconds to GPTQ-round a model of this shape (random weights, random tokens as much calibration as
+    the packaged text holds): the one-time cost of loading an FP8 target before its result is cached."""
+    from llm.gptq import gptq_layers
+
+    args = run.shapes[name]
+    model = build_random_model(args, run.device, run.half)
+    n_seq, length = (4, 24) if run.smoke else (80, 148)  # the packaged text: 80 chats, 11 810 tokens
+    gen = torch.Generator().manual_seed(0)
+    sequences = [torch.randint(0, args.vocab_size, (length,), generator=gen).tolist() for _ in range(n_seq)]
+    synchronize(run.device)
+    started = time.perf_counter()
+    quantized = gptq_layers(model, sequences, lambda n: n == "lm_head")
+    synchronize(run.device)
+    seconds = time.perf_counter() - started
+    del model, quantized
+    return {"model": name, "layers": args.n_layers * 7, "calibration_tokens": n_seq * length,
+            "seconds": round(seconds, 1)}  # fmt: skip
+
+
 def bench_kernels(run: _Run) -> list[dict]:
     """Our Triton kernels vs their torch references at the target's shapes: time and max error."""
     from kernels.attention import verify_attention_reference, verify_attention_triton
@@ -304,6 +325,10 @@ def run(args: argparse.Namespace, config=None) -> int:
         )
     if not state.smoke:
         sections.append(("steps:smollm2-135m", lambda: bench_steps(state, "smollm2-135m", state.sizes)))
+    conversion_target = SMOKE_PAIRS[0][0] if state.smoke else PAIRS[0][0]
+    sections.append(
+        (f"fp8-conversion:{conversion_target}", lambda: bench_fp8_conversion(state, conversion_target))
+    )
     for title, fn in sections:
         if state.over_budget():
             state.results["skipped"].append(title)

@@ -196,6 +196,11 @@ def print_report(results: dict) -> None:
                 best[key] = r
         _table(list(best.values()), ["alpha_source", "alpha", "draft_format", "k", "tokens_per_step",
                                      "ar_tokens_per_s", "spec_tokens_per_s", "speedup"])  # fmt: skip
+    for title, conv in sections.items():
+        if title.startswith("fp8-conversion:"):
+            print(f"\n-- FP8 load, one-time GPTQ rounding (then cached), MEASURED: {conv['model']}, "
+                  f"{conv['layers']} linear layers, {conv['calibration_tokens']} calibration tokens: "
+                  f"{conv['seconds']} s --")  # fmt: skip
     for name in results.get("skipped", []):
         print(f"skipped (time budget): {name}")
     for err in results.get("errors", []):

@@ -51,6 +51,9 @@ def test_bench_gpu_smoke_runs_end_to_end(tmp_path):
         r["alpha_source"].startswith("measured on CPU") and r["alpha"] == 0.62 for r in spec["composed"]
     )
     assert "COMPOSED" in proc.stdout and "MEASURED" in proc.stdout
+    conversion = sections["fp8-conversion:tiny-target"]
+    assert conversion["seconds"] > 0 and conversion["calibration_tokens"] == 96
+    assert "one-time GPTQ rounding" in proc.stdout
 
 
 def test_bench_gpu_refuses_without_cuda_unless_smoke(tmp_path):
