@@ -7,7 +7,8 @@ calibration text is given) and two activation terms (`kernels.fp8_ops`) — on ~
 
 Why this scheme: decode reads every weight once per step, so halving the weight bytes (bf16 → fp8) is
 close to halving the step time on H100/H200-class GPUs. Per-channel weight scales and per-token activation
-scales keep the error small without calibration data. Embeddings, norms and the LM head stay in the model's
+scales need no calibration to be usable; the GPTQ rounding (a one-time pass over packaged text, cached)
+and the second activation term are what bring greedy agreement with fp32 above 95 %. Embeddings, norms and the LM head stay in the model's
 dtype: they are a small share of the bytes in an 8B model and the LM head decides the greedy token.
 
 On CPU the same arithmetic runs as an exact, batch-invariant float64 emulation (see `kernels.fp8_ops`)
