@@ -44,6 +44,15 @@ def _fp8_dot(q, w, acc, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _load_row_block(x_ptr, g_ptr, rows, row_ok, kk, K, stride_xm):
+    """Columns kk of the tokens `rows` and of the norm weight, as fp32 (zeros outside the tensors)."""
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
+                mask=row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)  # fmt: skip
+    g = tl.load(g_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    return x, g
+
+
+@triton.jit
 def rmsnorm_fp8_linear_kernel(
     x_ptr, g_ptr, w_ptr, ws_ptr, out_ptr,
     M, N, K, stride_xm, stride_wn, stride_om, eps,
@@ -69,10 +78,7 @@ def rmsnorm_fp8_linear_kernel(
     sumsq = tl.zeros([BLOCK_M], dtype=tl.float32)
     amax = tl.zeros([BLOCK_M], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
-                    mask=row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)  # fmt: skip
-        g = tl.load(g_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        x, g = _load_row_block(x_ptr, g_ptr, rows, row_ok, k0 + rk, K, stride_xm)
         sumsq += tl.sum(x * x, axis=1)
         amax = tl.maximum(amax, tl.max(tl.abs(x * g[None, :]), axis=1))
     rstd = 1.0 / tl.sqrt(sumsq / K + eps)
@@ -83,10 +89,7 @@ def rmsnorm_fp8_linear_kernel(
     if ACT_TERMS == 2:
         r_amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            kk = k0 + rk
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
-                        mask=row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)  # fmt: skip
-            g = tl.load(g_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            x, g = _load_row_block(x_ptr, g_ptr, rows, row_ok, k0 + rk, K, stride_xm)
             y = tl.clamp(x * g[None, :] * inv[:, None], -448.0, 448.0)
             r_amax = tl.maximum(r_amax, tl.max(tl.abs(y - round_to_e4m3(y)), axis=1))
         r_scale = tl.maximum(r_amax / 448.0, 1e-12)
@@ -96,9 +99,7 @@ def rmsnorm_fp8_linear_kernel(
     acc_lo = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
-                    mask=row_ok[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)  # fmt: skip
-        g = tl.load(g_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        x, g = _load_row_block(x_ptr, g_ptr, rows, row_ok, kk, K, stride_xm)
         y = tl.clamp(x * g[None, :] * inv[:, None], -448.0, 448.0)
         y_hi = round_to_e4m3(y)
         q = y_hi.to(tl.float8e4nv)

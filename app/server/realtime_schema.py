@@ -130,22 +130,15 @@ def parse_session_update(current: SessionSettings, session: dict[str, Any]) -> S
     audio_out = (audio or {}).get("output") or {}
     if not isinstance(audio_in, dict) or not isinstance(audio_out, dict):
         raise ProtocolError("session.audio.input/output must be objects", "invalid_value", "session.audio")
-    if "format" in audio_in:
-        changes["input_codec"], changes["input_rate"] = _codec_and_rate(
-            audio_in["format"], "session.audio.input.format"
-        )
-    elif "input_audio_format" in session:
-        changes["input_codec"], changes["input_rate"] = _codec_and_rate(
-            session["input_audio_format"], "session.input_audio_format"
-        )
-    if "format" in audio_out:
-        changes["output_codec"], changes["output_rate"] = _codec_and_rate(
-            audio_out["format"], "session.audio.output.format"
-        )
-    elif "output_audio_format" in session:
-        changes["output_codec"], changes["output_rate"] = _codec_and_rate(
-            session["output_audio_format"], "session.output_audio_format"
-        )
+    for side, block in (("input", audio_in), ("output", audio_out)):
+        # GA shape (session.audio.<side>.format) first, then the beta one (session.<side>_audio_format)
+        if "format" in block:
+            fmt, where = block["format"], f"session.audio.{side}.format"
+        elif f"{side}_audio_format" in session:
+            fmt, where = session[f"{side}_audio_format"], f"session.{side}_audio_format"
+        else:
+            continue
+        changes[f"{side}_codec"], changes[f"{side}_rate"] = _codec_and_rate(fmt, where)
     if "turn_detection" in audio_in:
         changes["turn_detection"] = _turn_detection(
             audio_in["turn_detection"], "session.audio.input.turn_detection"
