@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from app.reply_stream import Lanes
     from asr.whisper import Transcriber
     from llm.engine import Engine
+    from llm.remote import RemoteLLM
     from llm.session import Session
     from tts.piper_voice import Voice
 
@@ -34,7 +35,7 @@ class Assistant:
     profile: Profile
     transcriber: Transcriber
     voice: Voice
-    llm: Engine  # target weights, tokenizer and drafter kind, shared by all sessions
+    llm: Engine | RemoteLLM  # local: target weights, tokenizer, drafter; remote: one client (llm.backend)
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -59,7 +60,10 @@ class Assistant:
         times["tts"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        llm = load_engine(profile, config, offline=offline)
+        if _backend(config) == "openai":
+            llm = load_remote(config)
+        else:
+            llm = load_engine(profile, config, offline=offline)
         times["llm"] = time.perf_counter() - started
         log.info("models loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
         return cls(config, profile, transcriber, voice, llm, times)
@@ -70,7 +74,9 @@ class Assistant:
         so heavy calls queue instead of oversubscribing the cores (created on first use)."""
         from app.reply_stream import Lane, Lanes
 
-        return Lanes(Lane("asr"), Lane("llm"), Lane("tts"))
+        # A remote LLM waits on the network, not on a core: then every reply in flight gets a thread.
+        llm_workers = 2 * self.config.server.max_sessions + 2 if _backend(self.config) == "openai" else 1
+        return Lanes(Lane("asr"), Lane("llm", workers=llm_workers), Lane("tts"))
 
     def new_session(self) -> Session:
         """A fresh LLM chat (own KV cache) with the configured system prompt."""
@@ -80,6 +86,38 @@ class Assistant:
         from app.conversation import Conversation
 
         return Conversation(self, config or self.config.conversation)
+
+
+def _backend(config: Config) -> str:
+    from app.config import ConfigError
+
+    if config.llm.backend not in ("local", "openai"):
+        raise ConfigError(f"llm.backend: {config.llm.backend!r} is not one of local, openai")
+    return config.llm.backend
+
+
+def load_remote(config: Config) -> RemoteLLM:
+    """llm.backend = "openai": replies come from an OpenAI-compatible server (docs/scaling.md)."""
+    from app.config import ConfigError
+    from llm.remote import RemoteConfig, RemoteLLM, RemoteLLMError
+
+    llm = config.llm
+    key = llm.api_key or ""
+    if llm.api_key_file:
+        try:
+            key = Path(llm.api_key_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"llm.api_key_file: cannot read {llm.api_key_file}: {exc.strerror}") from None
+    if not llm.model:
+        raise ConfigError("llm.backend = 'openai' needs llm.model (the name the server serves the model as)")
+    if llm.timeout_s <= 0 or llm.max_retries < 0:
+        raise ConfigError("llm.timeout_s must be > 0 and llm.max_retries >= 0")
+    try:
+        remote = RemoteLLM(RemoteConfig(llm.base_url, llm.model, key, llm.timeout_s, llm.max_retries))
+    except RemoteLLMError as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("llm backend: remote %s at %s", llm.model, llm.base_url)
+    return remote
 
 
 def _check_fp8_options(config: Config) -> None:
@@ -118,7 +156,7 @@ def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> E
 
         torch.set_num_threads(config.llm.threads)  # process-wide: the LLM shares 2 cores with ASR and TTS
     draft = profile.draft
-    if draft not in ("ngram", "none", ""):
+    if draft not in ("ngram", "none", "head", ""):
         draft = str(fetch(draft, offline=offline))
     llm_source = fetch(profile.llm, offline=offline)
     engine = Engine.load(
@@ -131,7 +169,10 @@ def load_engine(profile: Profile, config: Config, *, offline: bool = False) -> E
     )
     fp8_options = _fp8_options(config, engine, target, Path(llm_source))
     # On CUDA the hot shapes (1-token draft step, (k+1)-token verify) replay CUDA graphs; no-op elsewhere.
-    engine.target = graphed(prepare_model(engine.target, target, **fp8_options),
+    from llm.loading import ensure_hf_folder
+
+    cpu_options = {"quant": config.llm.quant, "source": ensure_hf_folder(llm_source), "compile": config.llm.compile}
+    engine.target = graphed(prepare_model(engine.target, target, **cpu_options, **fp8_options),
                             target, config.llm.k_max)  # fmt: skip
     if engine.draft_model is not None:
         draft_backend = select_backend(

@@ -1,7 +1,8 @@
 """Microphone audio as transports deliver it (any rate, int16 bytes or float/int16 arrays) -> 16 kHz frames.
 
-Each source rate gets its own streaming soxr resampler, so 20 ms packets join without clicks; the output
-is cut into the 512-sample frames the VAD scores, the remainder waiting for the next packet.
+Each source rate gets its own streaming soxr resampler, so 20 ms packets join without clicks (only the
+last few rates are kept: a client cycling through rates must not grow memory); the output is cut into the
+512-sample frames the VAD scores, the remainder waiting for the next packet.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 RATE = 16000
+KEPT_RESAMPLERS = 2
 
 
 def to_float_mono(pcm: Any) -> np.ndarray:
@@ -48,10 +50,12 @@ class InputAudio:
         if sample_rate != RATE:
             import soxr
 
-            stream = self._resamplers.get(sample_rate)
+            stream = self._resamplers.pop(sample_rate, None)
             if stream is None:
                 stream = soxr.ResampleStream(sample_rate, RATE, 1, dtype="float32")
-                self._resamplers[sample_rate] = stream
+                while len(self._resamplers) >= KEPT_RESAMPLERS:
+                    self._resamplers.pop(next(iter(self._resamplers)))  # the least recently used rate
+            self._resamplers[sample_rate] = stream  # (re)inserted last: most recently used
             x = stream.resample_chunk(x).astype(np.float32, copy=False)
         x = np.concatenate([self._pending, x]) if self._pending.size else x
         n = x.size // self.frame

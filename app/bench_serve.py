@@ -40,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequential", type=int, default=200, help="sequential sessions for the RSS check")
     parser.add_argument("--question", default=str(QUESTION), help="spoken question to stream")
     parser.add_argument("--url", help="bench an already running server instead of starting one (no RSS then)")
+    parser.add_argument(
+        "--abuse",
+        action="store_true",
+        help="instead: N normal clients with and without a flood client beside them (app/bench_abuse.py)",
+    )
+    parser.add_argument("--clients", type=int, default=2, help="--abuse: normal clients (default 2)")
+    parser.add_argument("--llm-url", help="the started server uses this remote OpenAI-compatible LLM "
+                        "(llm.backend=openai; key from SPECVOICE_LLM_API_KEY; docs/scaling.md)")  # fmt: skip
+    parser.add_argument("--llm-model", default="specvoice", help="the remote LLM's model name (with --llm-url)")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -56,6 +65,10 @@ def _server_command(args: argparse.Namespace, max_sessions: int) -> list[str]:
             cmd += [f"--{flag.replace('_', '-')}", value]
     for item in getattr(args, "set", []) or []:
         cmd += ["--set", item]
+    if getattr(args, "llm_url", None):
+        cmd += ["--set", "llm.backend=openai", "--set", f"llm.base_url={args.llm_url}",
+                "--set", f"llm.model={args.llm_model}"]  # fmt: skip
+    cmd += ["--set", f"server.max_sessions_per_client={max_sessions}"]  # every client is on loopback
     return cmd + ["serve", "--port", "0", "--max-sessions", str(max_sessions)]
 
 
@@ -201,6 +214,7 @@ async def _bench(args: argparse.Namespace, url: str, server: ServerProcess | Non
         "question_s": round(len(audio) / 24000, 2),
         "latency_definition": "end of the question's audio sent (real-time pacing) -> first reply audio received",
         "quick": bool(args.quick),
+        "llm": getattr(args, "llm_url", None) or "local",
     }
 
 
@@ -211,6 +225,9 @@ def _fmt(value: float | None) -> str:
 def run(args: argparse.Namespace, config) -> int:
     server = None
     url = args.url
+    if url is not None and getattr(args, "llm_url", None):
+        print("bench serve: --llm-url configures the server it starts; not with --url", file=sys.stderr)
+        return 2
     if url is None:
         max_sessions = max([8, *[int(n) for n in args.levels.split(",") if n.strip()]]) + 2
         server = ServerProcess(_server_command(args, max_sessions))
@@ -222,6 +239,8 @@ def run(args: argparse.Namespace, config) -> int:
             print(f"bench serve: {exc}", file=sys.stderr)
             return 1
         url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+    if args.abuse:
+        return _run_abuse(args, url, server)
     try:
         report = asyncio.run(_bench(args, url, server))
     finally:
@@ -242,6 +261,26 @@ def run(args: argparse.Namespace, config) -> int:
             f"server RSS {report['rss_mb_before']:.0f} MB before and {report['rss_mb_after']:.0f} MB after "
             f"{report['sequential_sessions']} sequential sessions ({report['sequential_failures']} failed)"
         )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_abuse(args: argparse.Namespace, url: str, server: ServerProcess | None) -> int:
+    from urllib.parse import urlsplit
+
+    from app.audio import read_audio, to_int16
+    from app.bench_abuse import print_table, run_abuse
+
+    audio = to_int16(read_audio(args.question, rate=24000))
+    rounds = 1 if args.quick else args.rounds
+    try:
+        report = asyncio.run(run_abuse(url, urlsplit(url).port or 80, args.clients, rounds, audio))
+    finally:
+        if server is not None:
+            server.stop()
+    print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "talk": ("app.commands.talk", "talk to the assistant through the desktop microphone and speakers"),
     "client": ("app.commands.client", "stream a file or the microphone to a specvoice server"),
     "bench": ("app.commands.bench", "benchmarks: llm, voice, serve, gpu"),
+    "events": ("app.commands.events", "the event-planning skill's database: list, show, export"),
 }
 
 
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from app.server.redact import install as redact_secrets
+
+    redact_secrets(*logging.getLogger().handlers)  # no token in any log line, at any verbosity
     if not args.command:
         parser.print_help()
         return 2

@@ -20,9 +20,11 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 
+# Chosen by scripts/choose_system_prompt.py on a dev set of voice questions; "voice assistant" in the prompt
+# made SmolLM2-135M answer "as a voice assistant, I'm unable to..." (held-out refusals: docs/llm.md).
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one or two short, "
-    "plain sentences. Never use lists, markdown, emoji or code."
+    "You are a helpful assistant talking with someone. Give a direct, useful answer in one or two short, "
+    "plain sentences, without lists or markdown."
 )
 
 
@@ -37,7 +39,7 @@ class ModelsConfig:
     profile: str = "cpu"
     asr: str = ""
     llm: str = ""
-    draft: str = ""  # a model source, "ngram" (prompt lookup) or "none"
+    draft: str = ""  # a model source, "ngram" (prompt lookup), "head" (trained draft head) or "none"
     tts: str = ""
     offline: bool = False
 
@@ -61,7 +63,22 @@ class LLMConfig:
     fp8_rounding: str = "gptq"
     fp8_act_terms: int = 2
     threads: int = 1  # torch threads on CPU: 1 leaves the other core to ASR/TTS, which run at the same time
+    # CPU weights: "auto" runs the shipped Q4_1 file's own codes in packed int4 matmuls for 1-token steps
+    # (bf16 for verifies and prefill; llm/quant.py), "none" keeps bf16/fp32 weights. See docs/llm.md.
+    quant: str = "auto"
+    # torch.compile the 1-token step (inductor, frozen weights). Off: on the 2-core dev box compiling took
+    # 41 s (warm inductor cache) to 4 min (cold, busy) for a 1.5x faster step (docs/llm.md).
+    compile: bool = False
     seed: int | None = None
+    # Where replies come from: "local" (this process's speculative engine) or "openai" (an OpenAI-compatible
+    # server: vLLM, SGLang, llama.cpp's server, another specvoice; see docs/scaling.md).
+    backend: str = "local"
+    base_url: str = ""  # openai backend: e.g. http://llm-host:8000/v1
+    model: str = ""  # openai backend: the served model's name
+    api_key: str | None = None  # openai backend: set it as SPECVOICE_LLM_API_KEY rather than in a file
+    api_key_file: str = ""  # openai backend: or a file that holds the key
+    timeout_s: float = 10.0  # openai backend: connect, and the longest wait between two streamed chunks
+    max_retries: int = 2  # openai backend: retries of a failed request (with backoff)
 
 
 @dataclass
@@ -72,14 +89,16 @@ class TTSConfig:
 
 @dataclass
 class ConversationConfig:
-    """Turn-taking knobs. Documented in README ('Conversation loop')."""
+    """Turn-taking knobs. Documented in docs/conversation.md ('Settings')."""
 
     vad_threshold: float = 0.5
-    hangover_ms: int = 500  # silence that ends a turn
-    # Shorter hangover when the transcript reads as a complete sentence. Not below ~450 ms: people pause
-    # ~400 ms mid-sentence and Whisper punctuates the pause ("Could you tell me? How to..."); at 300 ms
-    # bench voice cut in on 1 of 4 paused questions, at 450 ms on none, with the same p50.
-    complete_hangover_ms: int = 450
+    # End of turn: "semantic" fuses Smart Turn (audio) and the LLM's P(end of turn) (text) into the wait
+    # (asr/endpointing.py: ~150 ms when both say finished, up to max_silence_ms when not); "fixed" is a
+    # plain silence timer of hangover_ms.
+    endpointing: str = "semantic"
+    hangover_ms: int = 500  # the fixed timer; in semantic mode, the wait when a signal is late or missing
+    max_silence_ms: int = 2000  # cap on every wait (Realtime server_vad silence_duration_ms sets it)
+    eagerness: str = "auto"  # low | medium | high | auto: how readily "finished" is believed (docs)
     min_speech_ms: int = 200
     barge_in: bool = True
     echo_policy: str = "half_duplex"  # half_duplex | full_duplex (headset)
@@ -87,7 +106,7 @@ class ConversationConfig:
     turn_detection: str | None = "server_vad"  # server_vad | semantic_vad | None (manual commit)
     auto_respond: bool = True
     preemptive: bool = True  # start the reply at the first silence; play it only if the turn ends
-    preemptive_silence_ms: int = 64  # silence before a preemptive reply starts (VAD frames are 32 ms)
+    preemptive_silence_ms: int = 64  # silence before the end-of-turn signals and the preemptive reply start
     decode_interval_ms: int = 300  # re-decode the utterance after this much new audio
     preroll_ms: int = 300  # audio kept from before the detected speech onset
     echo_tail_ms: int = 300  # half_duplex: keep the mic closed this long after the reply's audio ends
@@ -100,11 +119,30 @@ class ConversationConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
+    api_port: int | None = None  # OpenAI-compatible HTTP API (/v1/chat/completions): None = port + 1, 0 = off
     token: str | None = None
     max_sessions: int = 8
     max_message_bytes: int = 1 << 20
     max_queued_audio_s: float = 30.0
     allowed_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides loopback ones (DNS rebinding)
+    max_sessions_per_client: int = 4  # per client IP address (a local reverse proxy is one address)
+    max_pending: int = 16  # connections without a conversation yet (a phone stream before `start`)
+    max_text_chars: int = 4000  # one user text message
+    max_audio_speed: float = 2.0  # input audio beyond this x real time (after a burst) is throttled
+    audio_burst_s: float = 10.0  # how far ahead of real time a client may send audio before throttling
+    idle_timeout_s: float = 60.0  # no message from the client and nothing to send for this long: close
+    start_timeout_s: float = 10.0  # a phone stream must send `start` within this after connecting
+    send_timeout_s: float = 10.0  # a client that does not read for this long is disconnected
+    max_errors: int = 200  # bad messages one connection may send before it is closed (1008)
+
+
+@dataclass
+class SkillsConfig:
+    """Built-in skills (docs/tools.md); off by default."""
+
+    events: bool = False  # the event-planning skill's tools
+    events_db: str = ""  # its SQLite file; "" = $XDG_DATA_HOME/specvoice/events.db
 
 
 @dataclass
@@ -114,6 +152,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    skills: SkillsConfig = field(default_factory=SkillsConfig)
 
     def set(self, dotted: str, value: Any) -> None:
         """Set `section.field` from a typed value or a string (coerced to the field's type)."""

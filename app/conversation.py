@@ -1,15 +1,16 @@
 """The real-time conversation loop: one async object per user, shared models underneath.
 
-Audio in (any rate) -> 16 kHz -> Silero VAD frame by frame -> the turn state machine:
+Audio in (any rate) -> 16 kHz -> Silero VAD frame by frame -> the turn state machine (app/turn_state.py):
 
-* speech onset (`min_speech_ms` voiced) opens an utterance; it is re-decoded every `decode_interval_ms`
-  of new audio and the words two decodes agree on are committed (LocalAgreement-2) and prefilled into
-  the LLM while the user is still talking;
-* after `preemptive_silence_ms` of silence a *preemptive* reply starts: final decode, LLM, Piper, all
-  buffered, not heard;
-* after the hangover (`complete_hangover_ms` when the transcript reads as a finished sentence, else
-  `hangover_ms`) the turn ends: the preemptive decode is reused (only silence came after it), and its
-  reply is played at once; if the user speaks again first, it is dropped without a sound.
+* speech onset (`min_speech_ms` voiced) opens an utterance (SPEAKING); it is re-decoded every
+  `decode_interval_ms` of new audio and the words two decodes agree on are committed (LocalAgreement-2)
+  and prefilled into the LLM while the user is still talking;
+* at `preemptive_silence_ms` of silence (PAUSED) the end-of-turn signals are measured (app/turn_end.py:
+  Smart Turn on the audio, the LLM's P(end of turn) on the words) and a *preemptive* reply starts from the
+  transcript of everything heard, buffered, not heard;
+* the signals choose the wait (asr/endpointing.py): ~150 ms when both say finished, up to
+  `max_silence_ms` when not, graded in between (`hangover_ms` when a signal is late); when the silence reaches it the turn ENDS
+  and the preemptive reply plays at once; if the user speaks again first, it is dropped without a sound.
 
 Barge-in, the echo guard and the metrics are described in docs/conversation.md. All heavy calls run in
 per-model worker lanes (app/reply_stream.py); the event loop only moves small arrays and flags.
@@ -28,7 +29,7 @@ import numpy as np
 
 from app.audio_input import InputAudio
 from app.config import ConversationConfig
-from app.conversation_turns import TurnsAndReplies, Utterance
+from app.conversation_turns import TurnsAndReplies
 from app.events import (
     ErrorEvent,
     Event,
@@ -36,7 +37,9 @@ from app.events import (
     TranscriptPartial,
 )
 from app.reply_stream import Reply, SessionOps
-from asr.endpointing import hangover_ms
+from app.turn_end import TurnEnd
+from app.turn_state import TurnState, Utterance
+from asr.endpointing import EAGERNESS, ENDPOINTING
 from asr.streaming import ShortWindowDecoder, StreamingTranscriber
 from asr.vad import FRAME, FRAME_MS, StreamingVAD
 from tts.stream import PieceSynthesizer
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 RATE = 16000
 TURN_DETECTION = ("server_vad", "semantic_vad", None)
 ECHO_POLICIES = ("half_duplex", "full_duplex")
+HEARD_ALL_MARGIN = RATE // 10  # 100 ms of silence after the last voiced frame
 
 
 class ConversationClosed(RuntimeError):
@@ -77,13 +81,21 @@ class Conversation(TurnsAndReplies):
         self._preroll: deque[np.ndarray] = deque()
         self._onset_frames = 0
         self._muted = False
-        self._utterance: Utterance | None = None
-        self._finalizing: Utterance | None = None
+        self._utterance: Utterance | None = None  # the open one (SPEAKING or PAUSED)
+        self._finalizing: Utterance | None = None  # ENDED, its final transcript not out yet
+        self._turn_end = TurnEnd(self)
+        self._last_utterance: Utterance | None = None
         self._user_prefix = ""  # user text waiting for the next reply (text input, resumed turns)
         self._llm = SessionOps(self._session, self._lanes.llm, self._spawn)
         self._reply: Reply | None = None  # the latest confirmed reply
         self._replies: dict[str, Reply] = {}
         self._closed = False
+        self.stats: dict[str, float] = {
+            "preemptive_started": 0, "preemptive_used": 0, "preemptive_discarded": 0,
+            "preemptive_wasted_ms": 0.0, "preemptive_wasted_tokens": 0,
+        }  # fmt: skip
+        # The latest end-of-turn decisions: why, after how much silence (ms of audio), the signals seen.
+        self.endpoints: deque[dict[str, Any]] = deque(maxlen=32)
 
     # -- public API ----------------------------------------------------------------------------------
     async def push_audio(self, pcm: np.ndarray | bytes | bytearray | memoryview, sample_rate: int) -> None:
@@ -138,7 +150,8 @@ class Conversation(TurnsAndReplies):
         self._check_open()
         u, self._utterance = self._utterance, None
         if u is not None:
-            self._drop_preemptive(u)
+            self._drop_silence_work(u)
+            u.to(TurnState.DROPPED)
             if self._llm.fed_text:
                 self._llm.feed(self._user_prefix)
         self._preroll.clear()
@@ -157,7 +170,7 @@ class Conversation(TurnsAndReplies):
         """Stop the reply in progress (-> Interrupted with the words already heard)."""
         self._check_open()
         if self._utterance is not None:
-            self._drop_preemptive(self._utterance)
+            self._drop_silence_work(self._utterance)
         self._interrupt_live()
 
     def played(self, reply_id: str, audio_ms: float) -> None:
@@ -178,7 +191,7 @@ class Conversation(TurnsAndReplies):
         config = dataclasses.replace(self.config, **changes)
         _validate(config)
         if config.turn_detection != self.config.turn_detection and self._utterance is not None:
-            self._drop_preemptive(self._utterance)
+            self._drop_silence_work(self._utterance)
         self.config = config
 
     async def events(self):
@@ -200,17 +213,22 @@ class Conversation(TurnsAndReplies):
         self._queue.put_nowait(None)
 
     async def settle(self) -> None:
-        """Wait for the transcription work already started on the current utterance (not for replies).
+        """Wait for the transcription and end-of-turn work already started on the current utterance (not
+        for replies).
 
-        Lets a caller that pushes audio faster than real time (tests, file streaming) keep ASR in step
-        with the audio by awaiting work instead of sleeping."""
-        u = self._utterance or self._finalizing
-        while u is not None:
-            pending = [t for t in (u.decode_task, u.pre_decode) if t is not None and not t.done()]
+        Lets a caller that pushes audio faster than real time (tests, file streaming) keep ASR and the
+        end-of-turn signals in step with the audio by awaiting work instead of sleeping."""
+        while True:
+            pending = [t for u in (self._utterance, self._finalizing) if u is not None for t in u.pending()]
             if not pending:
                 return
             await asyncio.wait(pending)
-            u = self._utterance or self._finalizing
+
+    @property
+    def turn_state(self) -> TurnState | None:
+        """State of the latest user utterance (None before the first one)."""
+        u = self._utterance or self._finalizing or self._last_utterance
+        return u.state if u is not None else None
 
     @property
     def session(self) -> Any:
@@ -219,10 +237,16 @@ class Conversation(TurnsAndReplies):
 
     # -- input side ----------------------------------------------------------------------------------
     def _echo_guard_closed(self) -> bool:
-        """half_duplex: while the assistant's voice may be coming out of the speaker, the mic is ignored."""
-        if self.config.echo_policy != "half_duplex" or self._utterance is not None or self._reply is None:
+        """half_duplex: the mic is ignored only while the assistant's voice is actually coming out of the
+        speaker (from its first reply audio until it has played, + echo_tail_ms). Before any reply audio
+        (the reply still being prepared) the user is heard; a voiced run that began before the playback
+        is the user too."""
+        if self.config.echo_policy != "half_duplex" or self._utterance is not None or self._onset_frames:
             return False
-        return self._reply.playing(tail_ms=self.config.echo_tail_ms)
+        reply = self._reply
+        if reply is None or reply.cancelled or reply.first_audio_clock_ms is None:
+            return False
+        return reply.playing(tail_ms=self.config.echo_tail_ms)
 
     def _on_frame(self, frame: np.ndarray, prob: float) -> None:
         cfg = self.config
@@ -238,31 +262,24 @@ class Conversation(TurnsAndReplies):
                 self._start_utterance()
             return
         u.asr.append(frame)
-        if voiced or (not silent and not u.in_silence):
+        u.recent.append(frame)
+        if voiced or (not silent and u.state is TurnState.SPEAKING):
             u.last_voiced_end, u.eos_wall = self._clock, time.perf_counter()
-            if u.in_silence:  # the user resumed: whatever was prepared for this silence is stale
-                u.in_silence = False
-                self._drop_preemptive(u)
+            if u.state is TurnState.PAUSED:  # the user resumed: whatever this silence prepared is stale
+                self._drop_silence_work(u)
+                u.to(TurnState.SPEAKING)
             self._maybe_decode(u)
             return
-        u.in_silence = True
+        if u.state is TurnState.SPEAKING:
+            u.to(TurnState.PAUSED)
         silence_ms = (self._clock - u.last_voiced_end) * 1000.0 / RATE
-        if (
-            u.preemptive is None
-            and cfg.preemptive
-            and cfg.auto_respond
-            and silence_ms >= cfg.preemptive_silence_ms
-        ):
-            self._start_preemptive(u)
-        if silence_ms >= self._hangover_ms(u):
-            log.debug(
-                "endpoint after %.0f ms of silence (hangover %.0f, transcript %r, decoded to %s of %s)",
-                silence_ms,
-                self._hangover_ms(u),
-                u.asr.final_text(),
-                u.start_sample + (u.asr.last_job.end if u.asr.last_job else 0),
-                u.last_voiced_end,
-            )
+        if u.silence is None and silence_ms >= cfg.preemptive_silence_ms:
+            self._start_silence_work(u)
+        reason = self._turn_end.endpoint(u, silence_ms)
+        if reason is not None:
+            log.debug("endpoint (%s) after %.0f ms of silence, transcript %r", reason, silence_ms,
+                      u.asr.final_text())
+            u.endpoint_reason = reason
             self._close_utterance(u)
             self._spawn(self._finish_turn(u))
 
@@ -272,11 +289,12 @@ class Conversation(TurnsAndReplies):
         u = Utterance(StreamingTranscriber(self._decoder), start, self._clock, time.perf_counter())
         for frame in self._preroll:
             u.asr.append(frame)
+            u.recent.append(frame)
         self._preroll.clear()
         self._onset_frames = 0
-        self._utterance = u
-        if self._finalizing is not None:
-            self._finalizing.resumed_after_end = True
+        self._utterance = self._last_utterance = u
+        if self._finalizing is not None and self._finalizing.state is TurnState.ENDED:
+            self._finalizing.to(TurnState.RESUMED)
         self._emit(SpeechStarted(round(onset * 1000.0 / RATE, 1)))
         if self.config.barge_in:
             self._interrupt_live()
@@ -286,7 +304,7 @@ class Conversation(TurnsAndReplies):
         """turn_detection=None: every sample belongs to the user turn until commit() or clear_audio()."""
         u = self._utterance
         if u is None:
-            u = self._utterance = Utterance(
+            u = self._utterance = self._last_utterance = Utterance(
                 StreamingTranscriber(self._decoder),
                 self._clock - audio.size,
                 self._clock,
@@ -296,20 +314,9 @@ class Conversation(TurnsAndReplies):
         u.last_voiced_end, u.eos_wall = self._clock, time.perf_counter()
         self._maybe_decode(u)
 
-    def _hangover_ms(self, u: Utterance) -> float:
-        job = u.asr.last_job
-        heard_all = job is not None and u.start_sample + job.end >= u.last_voiced_end
-        cfg = self.config
-        return hangover_ms(
-            u.asr.final_text() if heard_all else None,
-            cfg.turn_detection,
-            cfg.hangover_ms,
-            cfg.complete_hangover_ms,
-        )
-
     # -- transcription ---------------------------------------------------------------------------------
     def _maybe_decode(self, u: Utterance) -> None:
-        if u.decode_task is not None or u.in_silence or u is not self._utterance:
+        if u.decode_task is not None or u.state is not TurnState.SPEAKING or u is not self._utterance:
             return
         if (u.asr.samples - u.asr.last_decoded_end) * 1000.0 / RATE >= self.config.decode_interval_ms:
             u.decode_task = self._spawn(self._decode_partial(u))
@@ -322,7 +329,7 @@ class Conversation(TurnsAndReplies):
             return
         partial = u.asr.apply(job, result)
         self._emit(TranscriptPartial(partial.committed, partial.tentative))
-        if partial.new_words and u.preemptive is None:
+        if partial.new_words and u.silence is None:
             self._llm.feed(f"{self._user_prefix} {partial.committed}".strip())
         self._maybe_decode(u)
 
@@ -334,6 +341,13 @@ class Conversation(TurnsAndReplies):
         u.marks["asr_final_ms"] = round(1000.0 * (time.perf_counter() - started), 1)
         u.asr.apply(job, result)
         return f"{self._user_prefix} {u.asr.final_text(job, result)}".strip()
+
+    def _heard_all(self, u: Utterance) -> bool:
+        """The latest partial decode heard the speech and some silence after it (a decode that ends right
+        at the VAD's last voiced frame often loses the last word's tail: "capital of France" -> "capital
+        of"), so its text is the turn's transcript."""
+        job = u.asr.last_job
+        return job is not None and u.start_sample + job.end >= u.last_voiced_end + HEARD_ALL_MARGIN
 
     def _voice(self) -> Any:
         """The assistant's voice, or another one loaded once per process and shared (config `voice`)."""
@@ -385,13 +399,16 @@ def _validate(config: ConversationConfig) -> None:
         raise ValueError(f"turn_detection must be one of {TURN_DETECTION}, got {config.turn_detection!r}")
     if config.echo_policy not in ECHO_POLICIES:
         raise ValueError(f"echo_policy must be one of {ECHO_POLICIES}, got {config.echo_policy!r}")
+    if config.endpointing not in ENDPOINTING:
+        raise ValueError(f"endpointing must be one of {ENDPOINTING}, got {config.endpointing!r}")
+    if config.eagerness not in EAGERNESS:
+        raise ValueError(f"eagerness must be one of {EAGERNESS}, got {config.eagerness!r}")
     if config.output_sample_rate <= 0:
         raise ValueError("output_sample_rate must be positive")
     if not 0.0 < config.vad_threshold < 1.0:
         raise ValueError("vad_threshold must be between 0 and 1")
     for name in (
         "hangover_ms",
-        "complete_hangover_ms",
         "min_speech_ms",
         "preemptive_silence_ms",
         "decode_interval_ms",
@@ -400,3 +417,5 @@ def _validate(config: ConversationConfig) -> None:
     ):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative")
+    if not 0 < config.max_silence_ms <= 60_000:
+        raise ValueError(f"max_silence_ms must be between 1 and 60000, got {config.max_silence_ms}")

@@ -1,36 +1,20 @@
-"""The turn-ending half of the Conversation: preemptive replies, end of turn, replies, barge-in.
+"""The reply side of the Conversation: what a silence prepares, the end of a turn, replies, barge-in.
 
-A mixin only to keep files short: `Conversation` (app/conversation.py) owns all the state these methods use.
+`Conversation` (app/conversation.py) owns the input side and all the state; these methods move an
+utterance through PAUSED -> ENDED -> FINAL (app/turn_state.py) and start, confirm or drop replies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.events import Interrupted, SpeechStopped, TranscriptFinal
 from app.reply_stream import Reply, run_reply
-from asr.streaming import StreamingTranscriber
+from app.turn_state import SilenceWork, TurnState, Utterance
 
 RATE = 16000
-
-
-@dataclass
-class Utterance:
-    """One stretch of user speech, from onset to endpoint."""
-
-    asr: StreamingTranscriber
-    start_sample: int  # conversation clock at asr sample 0
-    last_voiced_end: int
-    eos_wall: float
-    in_silence: bool = False
-    decode_task: asyncio.Task | None = None
-    preemptive: Reply | None = None
-    pre_decode: asyncio.Task | None = None
-    resumed_after_end: bool = False  # speech started again before this turn's reply was confirmed
-    marks: dict[str, float] = field(default_factory=dict)
 
 
 class TurnsAndReplies:
@@ -41,72 +25,126 @@ class TurnsAndReplies:
     _reply: Reply | None
     _replies: dict[str, Reply]
     _user_prefix: str
+    stats: dict[str, float]
+    endpoints: Any
     config: Any
     assistant: Any
 
-    def _start_preemptive(self, u: Utterance) -> None:
-        reply = self._new_reply(confirmed=False, preemptive=True)
-        u.preemptive = reply
-        u.pre_decode = self._spawn(self._decode_now(u))
-        reply.task = self._spawn(self._run_preemptive(u, reply))
+    # -- a silence: decode, signals, preemptive reply -----------------------------------------------------
+    def _start_silence_work(self, u: Utterance) -> None:
+        """The silence may end the turn: get its transcript, measure the end-of-turn signals and (with
+        `preemptive`) start the reply, all in the background."""
+        work = u.silence = SilenceWork(self._clock)
+        text = None
+        if self._heard_all(u):
+            # The latest partial decode already heard everything up to the silence: no new decode on the
+            # critical path; its text is the turn's transcript unless the user goes on.
+            text = f"{self._user_prefix} {u.asr.final_text()}".strip()
+            u.marks["asr_final_ms"] = 0.0
+            work.decode = asyncio.get_running_loop().create_future()
+            work.decode.set_result(text)
+        else:
+            work.decode = self._spawn(self._decode_now(u))
+        self._turn_end.measure(u, work, text)
+        if self.config.preemptive and self.config.auto_respond:
+            reply = work.reply = self._new_reply(confirmed=False, preemptive=True)
+            self.stats["preemptive_started"] += 1
+            reply.task = self._spawn(self._run_preemptive(work, reply))
 
-    async def _run_preemptive(self, u: Utterance, reply: Reply) -> None:
-        text = await asyncio.shield(u.pre_decode)
+    async def _run_preemptive(self, work: SilenceWork, reply: Reply) -> None:
+        text = await asyncio.shield(work.decode)
         if reply.cancelled or not text:
             return
         reply.user_text = text
         await self._run(reply)
 
+    def _drop_silence_work(self, u: Utterance) -> None:
+        """The user went on (or the turn was cleared): what this silence prepared is dropped unheard."""
+        work, u.silence = u.silence, None
+        if work is None:
+            return
+        reply = work.reply
+        if reply is None or reply.cancelled:
+            return
+        reply.discarded = True
+        reply.cancel()
+        self.stats["preemptive_discarded"] += 1
+        if reply.task is not None:
+            reply.task.add_done_callback(lambda _t, r=reply: self._count_waste(r))
+        self._spawn(self._llm.forget(reply))
+
+    def _count_waste(self, reply: Reply) -> None:
+        self.stats["preemptive_wasted_ms"] += reply.numbers.get("llm_generate_ms", 0.0)
+        self.stats["preemptive_wasted_tokens"] += reply.numbers.get("tokens", 0.0)
+
+    # -- the end of a turn ----------------------------------------------------------------------------------
     def _close_utterance(self, u: Utterance) -> None:
         """The endpoint decision (synchronous, so the next frame already belongs to the next turn)."""
+        u.to(TurnState.ENDED)
         self._utterance = None
         self._finalizing = u
         u.marks["endpoint"] = time.perf_counter()
+        u.marks["endpoint_silence_ms"] = round((self._clock - u.last_voiced_end) * 1000.0 / RATE, 1)
+        work = u.silence
+        self.endpoints.append({
+            "reason": u.endpoint_reason or "commit",
+            "silence_ms": u.marks["endpoint_silence_ms"],
+            "p_audio": work.p_audio if work is not None else None,
+            "p_text": work.p_text if work is not None else None,
+        })  # fmt: skip
         if self.config.turn_detection is not None:
             self._emit(SpeechStopped(round(u.last_voiced_end * 1000.0 / RATE, 1)))
 
     async def _finish_turn(self, u: Utterance) -> str:
         """Final transcript, then play the preemptive reply or start one."""
-        pre = u.preemptive
-        if pre is not None and not pre.cancelled and u.pre_decode is not None:
-            # Only silence came after the preemptive decode: reuse it (same transcript), no new decode.
-            text = await asyncio.shield(u.pre_decode)
-            pre.user_text = text
+        work = u.silence
+        if work is not None and work.decode is not None:
+            text = await asyncio.shield(work.decode)  # only silence came after it: the same transcript
         else:
-            self._drop_preemptive(u)
             text = await self._decode_now(u)
         if self._finalizing is u:
             self._finalizing = None
         self._emit(TranscriptFinal(text))
+        resumed = u.state is TurnState.RESUMED
+        u.to(TurnState.FINAL)
         if not text:
-            self._drop_preemptive(u)
+            self._drop_silence_work(u)
             return text
-        if u.resumed_after_end or not self.config.auto_respond:
+        if resumed or not self.config.auto_respond:
             # The user went on talking (or the app replies itself): keep the words for the next turn.
-            self._drop_preemptive(u)
+            self._drop_silence_work(u)
             self._user_prefix = text
             self._llm.feed(text)
             return text
         self._user_prefix = ""
-        if u.preemptive is not None and not u.preemptive.cancelled and u.preemptive.user_text == text:
-            reply = u.preemptive
-            self._adopt(reply, u)
-            reply.confirm()
-        else:
-            self._drop_preemptive(u)
-            reply = self._new_reply(confirmed=True, preemptive=False, user_text=text)
-            self._adopt(reply, u)
-            reply.task = self._spawn(self._run(reply))
+        pre = work.reply if work is not None else None
+        if pre is not None and not pre.cancelled:
+            pre.user_text = text
+            self.stats["preemptive_used"] += 1
+            self._adopt(pre, u)
+            pre.confirm()
+            return text
+        self._drop_silence_work(u)
+        reply = self._new_reply(confirmed=True, preemptive=False, user_text=text)
+        self._adopt(reply, u)
+        reply.task = self._spawn(self._run(reply))
         return text
 
     def _adopt(self, reply: Reply, u: Utterance) -> None:
         """`reply` answers utterance `u`: it becomes the live reply and carries the turn's timings."""
         reply.marks["eos"] = u.eos_wall
         reply.marks["endpoint"] = u.marks["endpoint"]
-        if "asr_final_ms" in u.marks:
-            reply.numbers["asr_final_ms"] = u.marks["asr_final_ms"]
+        for name in ("asr_final_ms", "endpoint_silence_ms"):
+            if name in u.marks:
+                reply.numbers[name] = u.marks[name]
+        work = u.silence
+        if work is not None:
+            for name in ("p_audio", "p_text"):
+                if getattr(work, name) is not None:
+                    reply.numbers[f"end_of_turn_{name}"] = round(getattr(work, name), 4)
         self._reply = reply
 
+    # -- replies --------------------------------------------------------------------------------------------
     def _start_reply(self) -> None:
         text, self._user_prefix = self._user_prefix, ""
         reply = self._new_reply(confirmed=True, preemptive=False, user_text=text or None)
@@ -129,14 +167,6 @@ class TurnsAndReplies:
         max_tokens = self.config.max_reply_tokens or llm.max_reply_tokens
         await run_reply(reply, self._session, self._lanes, self._llm.lock, self._synth, max_tokens, sampling)
         self._llm.fed_text = None  # the session's user turn was closed by the reply
-
-    def _drop_preemptive(self, u: Utterance) -> None:
-        reply, u.preemptive, u.pre_decode = u.preemptive, None, None
-        if reply is None or reply.cancelled:
-            return
-        reply.discarded = True
-        reply.cancel()
-        self._spawn(self._llm.forget(reply))
 
     def _live_reply(self) -> Reply | None:
         reply = self._reply

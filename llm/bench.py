@@ -1,30 +1,25 @@
-"""`specvoice bench llm`: HF generate vs our engine, autoregressive and speculative, same target and prompts.
+"""`specvoice bench llm`: HF generate vs our engine (and llama.cpp), autoregressive and speculative.
 
-Methods (one run, same target weights/dtype, same >= 20 short voice-assistant prompts, same max tokens):
-  hf_ar        transformers `generate(do_sample=False)`
+Methods (one run, same model file, dtype, thread count, the same 44 short voice-assistant prompts in
+`PROMPTS`, same max tokens; interleaved per repeat so load changes hit every method alike):
+  hf_ar        transformers `generate(do_sample=False)` (the reference of every ratio)
   engine_ar    our static-cache model, k = 0 (one 1-token forward per token)
   hf_assisted  transformers assisted generation with the same drafter (`prompt_lookup_num_tokens` for the
                n-gram drafter, `assistant_model` for a draft model)
   engine_spec  our speculative engine (adaptive k in [k_min, k_max])
+  llamacpp     llama.cpp (llama-cpp-python, the optional `llamacpp` extra) on the same GGUF, greedy, same
+               prompt token ids and threads; skipped with a note when it is not installed
 
-Per method: tokens/s (prefill of the prompt included, as HF generate includes it), tokens per target
-forward while generating (the bonus/correction token included; HF's first forward also consumes the
-prompt), acceptance rate (ours only: HF does not expose it), time to the first 8 tokens, and whether the
-tokens equal hf_ar's. Warm-up first; each figure is the median of `--repeats` runs.
+Per method: tokens/s with min/median/max over `--repeats` (prefill of the prompt included, as HF generate
+includes it), tokens per target forward (bonus/correction token included), acceptance rate (ours only),
+time to the first 8 tokens (median over prompts; for the engine also *after the prompt's prefill*, which is
+what a voice turn sees since its prompt is prefilled while the user speaks), and per prompt whether the
+tokens equal hf_ar's and our fp32 greedy reference (token-identical to HF fp32, tests/llm), with the first
+divergence position. It also measures a T-token forward at position 200 in fp32, bf16 and bf16 with int4
+1-row steps (`verify_cost_ms`).
 
-It also measures the cost of a T-token forward of our model in fp32 and bf16 (`verify_cost_ms`): the
-speculative engine wants verify sizes whose cost is close to a 1-token step.
-
-Measured here (2-core AMD EPYC with avx512_bf16, SmolLM2-135M, other work sharing the machine), median
-ms of a T-token forward of our model at position 200 with ONE intra-op thread:
-    fp32  T=1:39  2:62  4:59  8:70  9:78  16:94  17:103   (a 9-token verify costs 2.0x a step)
-    bf16  T=1:30  2:28  4:29  8:32  9:33  16:39  17:40    (flat: a 9-token verify costs 1.1x, 17 tokens 1.33x)
-With torch's default 2 threads on the busy machine, fp32 M=2..3 matmuls hit a ~16 ms slow path (a whole
-forward took 0.3-3.6 s) and every forward was 3-8x slower than with one thread. Hence the recommended CPU
-setting: bf16 (the weights are dequantised Q4_1, so bf16 loses nothing that matters), one intra-op thread
-(`--threads 1`), the n-gram drafter (the only drafter for SmolLM2-135M: no smaller model shares its
-tokenizer), and k in [8, 16] because a wrong draft costs almost nothing when verify cost is flat.
-The device/dtype default itself comes from the config/profile and llm.backends; see the report.
+Engine weights follow `--quant` / `llm.quant` (auto: the Q4_1 file's codes in packed int4 matmuls for 1-row
+steps) and `--compile` / `llm.compile`. Numbers and their dates: docs/llm.md and the README.
 """
 
 from __future__ import annotations
@@ -61,24 +56,63 @@ PROMPTS = [
     "Remind me what a haiku is.",
     "Which ocean is the biggest?",
     "How do airplanes stay in the air?",
+    "What is the chemical symbol for gold?",
+    "How many minutes are in a day?",
+    "What is a good stretch for a stiff neck?",
+    "Why do leaves change color in autumn?",
+    "Who was the first person to walk on the moon?",
+    "What is the main ingredient in guacamole?",
+    "How do I convert Fahrenheit to Celsius?",
+    "What language is spoken in Brazil?",
+    "Suggest a quick breakfast idea.",
+    "What causes thunder?",
+    "How many strings does a violin have?",
+    "What is the freezing point of water in Fahrenheit?",
+    "Name a famous composer from Austria.",
+    "How often should I water a cactus?",
+    "What does a thermometer measure?",
+    "Why do we have seasons?",
+    "What is the smallest prime number?",
+    "Give me a tip for learning a new language.",
+    "What animal is known as the king of the jungle?",
+    "How do bees make honey?",
+    "What is the currency of Japan?",
+    "Describe a rainbow in one sentence.",
 ]
+# (The draft-head training prompts must stay disjoint from these: llm/bench.py PROMPTS is the list to check.)
 VERIFY_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17)
+METHODS = ("hf_ar", "engine_ar", "hf_assisted", "engine_spec", "llamacpp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--prompts", type=int, default=20, help=f"how many prompts (default 20, max {len(PROMPTS)})"
+        "--prompts", type=int, default=len(PROMPTS), help=f"how many prompts (default and max {len(PROMPTS)})"
     )
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per prompt (default 48)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (min/median/max reported)")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the config/profile)")
     parser.add_argument(
         "--drafter", default=None, help="ngram | none | a draft model source (default: profile)"
     )
     parser.add_argument(
+        "--quant", default=None, help="engine weights: auto | int4 | none (default: the config's llm.quant)"
+    )
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the engine's 1-token step (default: the config's llm.compile)")  # fmt: skip
+    parser.add_argument(
+        "--methods", default=",".join(METHODS),
+        help=f"comma-separated subset of {','.join(METHODS)} (llamacpp runs only if llama-cpp-python is installed)",
+    )  # fmt: skip
+    parser.add_argument(
         "--skip-verify-costs", action="store_true", help="skip the T-token forward cost table"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the config's llm.threads, 1)")
+    parser.add_argument(
+        "--skip-divergence",
+        action="store_true",
+        help="skip the fp32 greedy reference (per-prompt divergence)",
+    )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch (and llama.cpp) threads (default: the config's llm.threads, 1)")  # fmt: skip
 
 
 @dataclass
@@ -88,7 +122,8 @@ class Run:
     forwards: int = 0
     drafted: int = 0
     accepted: int = 0
-    first8: list[float] = field(default_factory=list)
+    first8: list[float] = field(default_factory=list)  # from the request (prompt prefill included)
+    first8_prefilled: list[float] = field(default_factory=list)  # engine only: after the prompt's prefill
 
     @property
     def generated(self) -> int:
@@ -134,21 +169,28 @@ def _hf_run(hf_model, prompts, max_tokens, eos, **assist) -> Run:
 
 
 def _engine_run(engine, system_prompt: str, texts: list[str], max_tokens: int) -> Run:
+    """Per prompt: a fresh session; the prompt's prefill is timed apart so `first8_prefilled` is what a
+    voice turn sees (its prompt is prefilled while the user speaks)."""
     from llm.session import Session
 
     run = Run()
     for text in texts:
         started = time.perf_counter()
         session = Session(engine, system_prompt=system_prompt, max_context=512)
-        session.add_turn(text)
+        session.extend(text)
+        session.end_user_turn()  # prefills all but the last prompt token
+        prefilled = time.perf_counter()
         tokens, first8 = [], None
         for delta in session.generate(max_tokens=max_tokens):
             tokens += delta.token_ids
             if first8 is None and len(tokens) >= 8:
-                first8 = time.perf_counter() - started
-        run.seconds += time.perf_counter() - started
+                first8 = time.perf_counter()
+        ended = time.perf_counter()
+        first8 = first8 if first8 is not None else ended
+        run.seconds += ended - started
         run.tokens.append(tokens)
-        run.first8.append(first8 if first8 is not None else time.perf_counter() - started)
+        run.first8.append(first8 - started)
+        run.first8_prefilled.append(first8 - prefilled)
         stats = session.last_reply
         run.forwards += stats.steps
         run.drafted += stats.drafted
@@ -156,47 +198,123 @@ def _engine_run(engine, system_prompt: str, texts: list[str], max_tokens: int) -
     return run
 
 
-def _summary(runs: list[Run], reference: list[list[int]] | None, forwards_offset: int = 0) -> dict:
-    def median(values):
-        return statistics.median(values)
+def llamacpp_available() -> bool:
+    import importlib.util
 
-    last = runs[-1]
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _llamacpp_model(gguf: Path, threads: int):
+    """llama.cpp on the same GGUF file, same thread count (the `llamacpp` extra: llama-cpp-python)."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                 n_batch=512, verbose=False)  # fmt: skip
+
+
+def _llamacpp_run(llm, prompts: list[list[int]], max_tokens: int, eos_ids: set[int]) -> Run:
+    """Greedy (top-k 1, no repeat penalty) from the same prompt token ids (the GGUF carries the same
+    vocabulary); prompt evaluation included, like HF generate."""
+    run = Run()
+    for ids in prompts:
+        started = time.perf_counter()
+        tokens, first8 = [], None
+        for token in llm.generate(
+            ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
+        ):
+            if token in eos_ids:
+                break
+            tokens.append(token)
+            if first8 is None and len(tokens) >= 8:
+                first8 = time.perf_counter() - started
+            if len(tokens) >= max_tokens:
+                break
+        run.seconds += time.perf_counter() - started
+        run.tokens.append(tokens)
+        run.first8.append(first8 if first8 is not None else time.perf_counter() - started)
+        run.forwards += len(tokens) + 1
+    return run
+
+
+def divergence(tokens: list[list[int]], reference: list[list[int]]) -> dict:
+    """Per prompt: identical to the reference, else the first position where the token differs."""
+    first: list[int | None] = []
+    for ours, ref in zip(tokens, reference, strict=True):
+        if ours == ref:
+            first.append(None)
+            continue
+        n = min(len(ours), len(ref))
+        first.append(next((i for i in range(n) if ours[i] != ref[i]), n))
+    diverged = [f for f in first if f is not None]
     return {
-        "tokens_per_s": median([r.generated / r.seconds for r in runs]),
-        "tokens_per_step": last.generated / max(1, last.forwards - forwards_offset),
+        "identical": len(first) - len(diverged),
+        "prompts": len(first),
+        "first_divergence": first,
+        "median_first_divergence": statistics.median(diverged) if diverged else None,
+    }
+
+
+def _spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _summary(runs: list[Run], reference: list[list[int]] | None, fp32: list[list[int]] | None) -> dict:
+    last = runs[-1]
+    rates = [r.generated / r.seconds for r in runs]
+    first8 = [statistics.median(r.first8) * 1000 for r in runs]
+    out = {
+        "tokens_per_s": statistics.median(rates),
+        "tokens_per_s_spread": _spread(rates),
+        "tokens_per_step": last.generated / max(1, last.forwards),
         "acceptance_rate": (last.accepted / last.drafted) if last.drafted else None,
-        "first8_ms": median([statistics.median(r.first8) * 1000 for r in runs]),
+        "first8_ms": statistics.median(first8),
+        "first8_ms_spread": _spread(first8),
         "identical_to_hf_ar": reference is None or all(r.tokens == reference for r in runs),
         "generated_tokens": last.generated,
         "target_forwards": last.forwards,
         "drafted": last.drafted,
         "accepted": last.accepted,
     }
+    if last.first8_prefilled:
+        prefilled = [statistics.median(r.first8_prefilled) * 1000 for r in runs]
+        out["first8_after_prefill_ms"] = statistics.median(prefilled)
+        out["first8_after_prefill_ms_spread"] = _spread(prefilled)
+    if reference is not None:
+        out["vs_hf_ar"] = divergence(last.tokens, reference)
+    if fp32 is not None:
+        out["vs_fp32_greedy"] = divergence(last.tokens, fp32)
+    return out
 
 
-def verify_costs(
-    folder: Path, dtypes=("float32", "bfloat16"), repeats: int = 7
-) -> dict[str, dict[int, float]]:
-    """Median ms of a T-token forward at position 200 for each dtype (our model, this CPU)."""
+def _time_forward(model, T: int, repeats: int) -> float:
+    cache = model.new_cache(256)
+    model(torch.arange(200), cache, 0)
+    tokens = torch.arange(T) + 300
+    model(tokens, cache, 200)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model(tokens, cache, 200)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def verify_costs(folder: Path, repeats: int = 7) -> dict[str, dict[int, float]]:
+    """Median ms of a T-token forward at position 200: fp32, bf16, bf16 with int4 1-row steps (this CPU)."""
+    from llm.backends import prepare_model, select_backend
     from llm.model import Transformer
 
     costs: dict[str, dict[int, float]] = {}
-    for name in dtypes:
-        model = Transformer.from_folder(folder, dtype=getattr(torch, name))
-        cache = model.new_cache(256)
-        model(torch.arange(200), cache, 0)
-        row = {}
-        for T in VERIFY_SIZES:
-            tokens = torch.arange(T) + 300
-            model(tokens, cache, 200)
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                model(tokens, cache, 200)
-                times.append(time.perf_counter() - started)
-            row[T] = statistics.median(times) * 1000
-        costs[name] = row
-        del model, cache
+    for name, dtype, quant in (("float32", "float32", "none"), ("bfloat16", "bfloat16", "none"),
+                               ("bf16+int4", "bfloat16", "int4")):  # fmt: skip
+        model = Transformer.from_folder(folder, dtype=getattr(torch, dtype))
+        try:
+            prepare_model(model, select_backend("cpu", dtype), quant=quant, source=folder)
+        except ValueError as exc:  # not a Q4_1 model: no int4 row
+            print(f"verify cost {name}: skipped ({exc})")
+            continue
+        costs[name] = {T: _time_forward(model, T, repeats) for T in VERIFY_SIZES}
+        del model
     return costs
 
 
@@ -205,39 +323,52 @@ def run(args: argparse.Namespace, config) -> int:
 
     from app.profiles import resolve_profile
     from app.store import fetch
-    from llm.backends import select_backend
+    from llm.backends import prepare_model, select_backend
     from llm.engine import Engine
     from llm.loading import ensure_hf_folder, load_model
+    from llm.quant import gguf_source
+    from llm.session import Session
 
     threads = args.threads or config.llm.threads
     if threads:
         torch.set_num_threads(threads)
     profile = resolve_profile(config)
     backend = select_backend(config.llm.device, config.llm.dtype, profile=profile.name, role="target")
-    device, dtype = str(backend.device), backend.dtype
     if args.dtype:
-        dtype = getattr(torch, args.dtype)
+        backend = select_backend(str(backend.device), args.dtype, profile=profile.name, role="target")
+    device, dtype = str(backend.device), backend.dtype
+    quant = args.quant or config.llm.quant
+    compile_step = config.llm.compile if args.compile is None else args.compile
     drafter = args.drafter or profile.draft
     folder = ensure_hf_folder(fetch(profile.llm, offline=config.models.offline))
     k_min, k_max = config.llm.k_min, config.llm.k_max
     texts = PROMPTS[: max(1, min(args.prompts, len(PROMPTS)))]
-    print(f"model {folder.name}  device {device}  dtype {str(dtype).removeprefix('torch.')}  drafter {drafter}  "
-          f"k {k_min}-{k_max}  threads {torch.get_num_threads()}  prompts {len(texts)}  max tokens {args.max_tokens}  repeats {args.repeats}")  # fmt: skip
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(wanted) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
+    if "llamacpp" in wanted and not (llamacpp_available() and gguf_source(folder)):
+        print("llamacpp: skipped (pip install 'specvoice[llamacpp]' and a GGUF model are needed)")
+        wanted.remove("llamacpp")
+    if "hf_ar" not in wanted:
+        wanted.insert(0, "hf_ar")  # the reference every ratio and identity is taken against
 
     costs = {} if args.skip_verify_costs else verify_costs(folder)
     for name, row in costs.items():
-        print(f"verify cost {name:9s} " + "  ".join(f"T={t}:{ms:.0f}ms" for t, ms in row.items()))
+        print(f"verify cost {name:10s} " + "  ".join(f"T={t}:{ms:.0f}ms" for t, ms in row.items()))
 
     target, tokenizer = load_model(folder, dtype=dtype, device=device)
+    started = time.perf_counter()
+    prepare_model(target, backend, quant=quant, source=folder, compile=compile_step)
+    prepare_s = time.perf_counter() - started
+    weights = type(target.layers[0].mlp.down_proj).__name__
+    print(f"model {folder.name}  device {device}  dtype {str(dtype).removeprefix('torch.')}  weights {weights}  "
+          f"compile {compile_step}  drafter {drafter}  k {k_min}-{k_max}  threads {torch.get_num_threads()}  "
+          f"prompts {len(texts)}  max tokens {args.max_tokens}  repeats {args.repeats}  (prepare {prepare_s:.1f} s)")  # fmt: skip
     hf_target = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     if drafter in ("ngram", "none"):
-        spec = Engine(
-            target,
-            tokenizer,
-            drafter_kind="ngram" if drafter == "ngram" else "none",
-            k_min=k_min,
-            k_max=k_max,
-        )
+        spec = Engine(target, tokenizer, drafter_kind="ngram" if drafter == "ngram" else "none",
+                      k_min=k_min, k_max=k_max)  # fmt: skip
         assist = {"prompt_lookup_num_tokens": min(10, k_max)} if drafter == "ngram" else {}
     else:
         draft_folder = ensure_hf_folder(fetch(drafter, offline=config.models.offline))
@@ -249,7 +380,6 @@ def run(args: argparse.Namespace, config) -> int:
         assist = {"assistant_model": hf_draft}
     plain = Engine(target, tokenizer, drafter_kind="none", k_min=0, k_max=0)
     system = config.llm.system_prompt
-    from llm.session import Session
 
     prompt_ids = []
     for text in texts:
@@ -257,36 +387,50 @@ def run(args: argparse.Namespace, config) -> int:
         session.add_turn(text)
         prompt_ids.append(session.tokens())
     eos = tokenizer.eos_token_id
+    eos_ids = {eos, *tokenizer(["<|im_end|>"], add_special_tokens=False)["input_ids"][0]}
+
+    fp32_reference = None
+    if not args.skip_divergence:
+        exact = dtype == torch.float32 and weights == "Linear"
+        if not exact:  # our fp32 engine is token-identical to HF fp32 greedy (tests/llm): the reference
+            reference_model, _ = load_model(folder, dtype=torch.float32, device=device)
+            reference_engine = Engine(reference_model, tokenizer, drafter_kind="none", k_min=0, k_max=0)
+            fp32_reference = _engine_run(reference_engine, system, texts, args.max_tokens).tokens
+            del reference_model, reference_engine
 
     methods = {
-        "hf_ar": lambda ps, ts: _hf_run(hf_target, ps, args.max_tokens, eos),
-        "engine_ar": lambda ps, ts: _engine_run(plain, system, ts, args.max_tokens),
-        "hf_assisted": lambda ps, ts: _hf_run(hf_target, ps, args.max_tokens, eos, **assist),
-        "engine_spec": lambda ps, ts: _engine_run(spec, system, ts, args.max_tokens),
+        "hf_ar": lambda: _hf_run(hf_target, prompt_ids, args.max_tokens, eos),
+        "engine_ar": lambda: _engine_run(plain, system, texts, args.max_tokens),
+        "hf_assisted": lambda: _hf_run(hf_target, prompt_ids, args.max_tokens, eos, **assist),
+        "engine_spec": lambda: _engine_run(spec, system, texts, args.max_tokens),
     }
+    if "llamacpp" in wanted:
+        llama = _llamacpp_model(gguf_source(folder), torch.get_num_threads())
+        methods["llamacpp"] = lambda: _llamacpp_run(llama, prompt_ids, args.max_tokens, eos_ids)
+    methods = {name: fn for name, fn in methods.items() if name in wanted}
+    warm_prompts, warm_texts = prompt_ids, texts
+    prompt_ids, texts = prompt_ids[:1], texts[:1]
     for fn in methods.values():  # warm-up: one prompt each
-        fn(prompt_ids[:1], texts[:1])
+        fn()
+    prompt_ids, texts = warm_prompts, warm_texts
     runs: dict[str, list[Run]] = {name: [] for name in methods}
     for repeat in range(args.repeats):
         for name, fn in methods.items():  # interleaved, so load changes hit every method alike
-            runs[name].append(fn(prompt_ids, texts))
+            runs[name].append(fn())
             print(f"  repeat {repeat + 1}/{args.repeats} {name:12s} {runs[name][-1].generated / runs[name][-1].seconds:6.1f} tok/s", flush=True)  # fmt: skip
     reference = runs["hf_ar"][0].tokens
-    results = {
-        "hf_ar": _summary(runs["hf_ar"], None),
-        "engine_ar": _summary(runs["engine_ar"], reference),
-        "hf_assisted": _summary(runs["hf_assisted"], reference),
-        "engine_spec": _summary(runs["engine_spec"], reference),
-    }
+    results = {name: _summary(r, None if name == "hf_ar" else reference, fp32_reference)
+               for name, r in runs.items()}  # fmt: skip
+    base = results["hf_ar"]["tokens_per_s"]
     report = {
         "methods": results,
-        "speedup_vs_hf_ar": results["engine_spec"]["tokens_per_s"] / results["hf_ar"]["tokens_per_s"],
-        "speedup_vs_hf_assisted": results["engine_spec"]["tokens_per_s"]
-        / results["hf_assisted"]["tokens_per_s"],
+        "speedup_vs_hf_ar": {name: m["tokens_per_s"] / base for name, m in results.items()},
         "drafter": drafter,
         "model": folder.name,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
+        "weights": weights,
+        "compile": compile_step,
         "k_range": [k_min, k_max],
         "threads": torch.get_num_threads(),
         "prompts": len(texts),
@@ -294,7 +438,9 @@ def run(args: argparse.Namespace, config) -> int:
         "repeats": args.repeats,
         "verify_cost_ms": costs,
         "note": "tokens_per_step counts the bonus/correction token; HF's first forward also consumes the prompt. "
-        "acceptance_rate is null where HF does not expose it. Taken on a shared CPU unless stated otherwise.",
+        "acceptance_rate is null where HF does not expose it. first8_ms includes the prompt's prefill; "
+        "first8_after_prefill_ms (engine) starts after it, as in a voice turn. vs_fp32_greedy compares with our "
+        "fp32 engine (token-identical to HF fp32 greedy). Taken on a shared CPU unless stated otherwise.",
     }
     _print_table(report)
     if getattr(args, "json", None):
@@ -304,14 +450,22 @@ def run(args: argparse.Namespace, config) -> int:
 
 
 def _print_table(report: dict) -> None:
-    print(
-        f"\n{'method':12s} {'tok/s':>7s} {'tok/fwd':>7s} {'accept':>7s} {'first8':>8s} {'vs hf_ar':>8s} {'identical':>9s}"
-    )
-    base = report["methods"]["hf_ar"]["tokens_per_s"]
+    print(f"\n{'method':12s} {'tok/s':>7s} {'(min-max)':>12s} {'tok/fwd':>7s} {'accept':>6s} {'first8':>7s} "
+          f"{'after pf':>8s} {'vs hf_ar':>8s} {'=hf_ar':>6s} {'=fp32':>6s}")  # fmt: skip
     for name, m in report["methods"].items():
         accept = "-" if m["acceptance_rate"] is None else f"{m['acceptance_rate']:.2f}"
-        print(f"{name:12s} {m['tokens_per_s']:7.1f} {m['tokens_per_step']:7.2f} {accept:>7s} "
-              f"{m['first8_ms']:6.0f}ms {m['tokens_per_s'] / base:7.2f}x {str(m['identical_to_hf_ar']):>9s}")  # fmt: skip
-    print(
-        f"engine_spec: {report['speedup_vs_hf_ar']:.2f}x vs hf_ar, {report['speedup_vs_hf_assisted']:.2f}x vs hf_assisted"
-    )
+        spread = m["tokens_per_s_spread"]
+        after = m.get("first8_after_prefill_ms")
+        same_hf, same_fp32 = (
+            "-" if m.get(key) is None else f"{m[key]['identical']}/{m[key]['prompts']}"
+            for key in ("vs_hf_ar", "vs_fp32_greedy")
+        )
+        after_text = "-" if after is None else f"{after:.0f}ms"
+        print(f"{name:12s} {m['tokens_per_s']:7.1f} {spread['min']:5.1f}-{spread['max']:<6.1f} "
+              f"{m['tokens_per_step']:7.2f} {accept:>6s} {m['first8_ms']:5.0f}ms "
+              f"{after_text:>8s} {report['speedup_vs_hf_ar'][name]:7.2f}x {same_hf:>6s} {same_fp32:>6s}")  # fmt: skip
+    for name, m in report["methods"].items():
+        if "vs_fp32_greedy" in m:
+            firsts = m["vs_fp32_greedy"]["first_divergence"]
+            print(f"first divergence from fp32 greedy, {name:12s}: "
+                  + " ".join("=" if f is None else str(f) for f in firsts))  # fmt: skip

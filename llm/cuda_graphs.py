@@ -2,10 +2,10 @@
 
 A decode step of a small model is dominated by kernel-launch overhead (hundreds of launches of tiny
 kernels); replaying a captured CUDA graph removes it. A graph replays fixed addresses and fixed shapes, so
-`static_forward` re-states `llm.model.Transformer.forward` with the position as a *device tensor*: RoPE
-rows are gathered, keys/values are written with `index_copy_`, and attention reads the whole static cache
-with a mask from that tensor (`kernels.attention.verify_attention`). Rolling back is still just a smaller
-position on the next call.
+`static_forward` runs the model's one forward implementation (`Transformer.run`) with the position as a
+*device tensor*: RoPE rows are gathered, keys/values are written with `index_copy_`, and attention reads the
+whole static cache with a mask from that tensor (on CUDA `kernels.attention.verify_attention`). Rolling
+back is still just a smaller position on the next call.
 
 `GraphedModel` wraps a Transformer with the same call signature (`model(tokens, cache, start_pos)`), so the
 engine and drafters can use it unchanged: a call with T tokens uses the smallest captured size ≥ T, padding
@@ -17,6 +17,7 @@ the cache. On CPU the same static path runs eagerly (that is how the tests check
 from __future__ import annotations
 
 import weakref
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -24,37 +25,27 @@ from torch import Tensor
 from kernels.attention import verify_attention
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def static_forward(model, tokens: Tensor, start: Tensor, cache, *, backend: str = "auto") -> Tensor:
     """`model.forward(tokens, cache, start)` with `start` a 1-element int64 tensor: fp32 logits [T, vocab].
 
-    Mirrors llm.model's Block/Attention forward (pre-norm, RoPE on concatenated halves, GQA attention
-    over the static cache); the tests check it against `model.forward` at several positions.
+    The model's own forward implementation (`Transformer.run`) in its static-shape form: RoPE rows are
+    gathered, keys/values written with `index_copy_`, attention reads the whole cache under a mask built
+    from `start`. Attention goes through the model's hook; `backend` picks the verify-attention kernel
+    ("auto": Triton on CUDA, the torch reference elsewhere) unless the model already has a hook.
     """
     tokens = tokens.reshape(1, -1)
-    t = tokens.shape[1]
-    positions = start.reshape(1) + torch.arange(t, device=tokens.device)
-    cos = model.rope_cos.index_select(0, positions)
-    sin = model.rope_sin.index_select(0, positions)
-    x = model.embed_tokens(tokens)
-    for i, layer in enumerate(model.layers):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(1, t, attn.n_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(1, t, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(1, t, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        cache.k[i].index_copy_(2, positions, k.to(cache.k[i].dtype))
-        cache.v[i].index_copy_(2, positions, v.to(cache.v[i].dtype))
-        y = verify_attention(q, cache.k[i], cache.v[i], start, backend=backend)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(1, t, attn.n_heads * attn.head_dim))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return model.lm_head(model.norm(x))[0].float()
+    hooks = [layer.self_attn.attention_fn for layer in model.layers]
+    if all(h is None for h in hooks) and tokens.device.type == "cuda":
+        model.set_attention(partial(_kernel_attention, backend=backend))
+        try:
+            return model.run(tokens, start, cache.k, cache.v, cache)[0]
+        finally:
+            model.set_attention(None)
+    return model.run(tokens, start, cache.k, cache.v, cache)[0]
+
+
+def _kernel_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, start, T: int, *, backend: str) -> Tensor:
+    return verify_attention(q, k_cache, v_cache, start, backend=backend)
 
 
 class GraphedStep:
@@ -137,11 +128,13 @@ class GraphedModel:
             steps[size] = GraphedStep(self.model, cache, size, use_graph=self.use_graph, backend=self.backend)
         return steps[size]
 
-    def __call__(self, tokens: Tensor, cache, start_pos: int, *, last_only: bool = False) -> Tensor:
+    def __call__(
+        self, tokens: Tensor, cache, start_pos: int, *, last_only: bool = False, return_hidden: bool = False
+    ):
         tokens = tokens.reshape(-1).to(self.model.device)
-        step = self.step_for(cache, tokens.shape[0], start_pos)
-        if step is None:
-            return self.model(tokens, cache, start_pos, last_only=last_only)
+        step = None if return_hidden else self.step_for(cache, tokens.shape[0], start_pos)
+        if step is None:  # other sizes, the end of the cache, or hidden states wanted: the eager forward
+            return self.model(tokens, cache, start_pos, last_only=last_only, return_hidden=return_hidden)
         with self.model.lock:
             logits = step(tokens, start_pos)
         return logits[-1:] if last_only else logits

@@ -19,14 +19,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from llm.drafters import Draft, Drafter, ModelDrafter, NgramDrafter
 from llm.model import KVCache, Transformer
+
+if TYPE_CHECKING:
+    from llm.draft_head import DraftHead
 from llm.sampling import SamplingParams, accept
 
-DRAFTER_KINDS = ("ngram", "model", "none")
+DRAFTER_KINDS = ("ngram", "model", "head", "none")
 
 
 @dataclass
@@ -53,8 +57,14 @@ def speculative_step(
     started = time.perf_counter()
     draft = drafter.propose(context, k, params, generator) if drafter is not None and k > 0 else Draft([])
     drafted_at = time.perf_counter()
-    logits = target(torch.tensor([context[-1], *draft.tokens]), cache, position)  # [k+1, V]
+    fed = [context[-1], *draft.tokens]
+    if getattr(drafter, "needs_hidden", False):  # a draft head reads the target's states of kept positions
+        logits, hidden = target(torch.tensor(fed), cache, position, return_hidden=True)
+    else:
+        logits, hidden = target(torch.tensor(fed), cache, position), None  # [k+1, V]
     n_accepted, next_token = accept(logits, draft.tokens, draft.q, params, generator)
+    if hidden is not None:
+        drafter.observe(position, fed[: n_accepted + 1], hidden[0, : n_accepted + 1])
     finished = time.perf_counter()
     return StepResult(
         tokens=[*draft.tokens[:n_accepted], next_token],
@@ -63,6 +73,15 @@ def speculative_step(
         draft_s=drafted_at - started,
         verify_s=finished - drafted_at,
     )
+
+
+def prefill_chunk(target: Transformer, piece: list[int], cache: KVCache, start: int, drafter: Drafter | None) -> None:
+    """Feed a prefill chunk to the target; a drafter that reads hidden states is shown them."""
+    if getattr(drafter, "needs_hidden", False):
+        _, hidden = target(torch.tensor(piece), cache, start, return_hidden=True)
+        drafter.observe(start, piece, hidden)
+    else:
+        target(torch.tensor(piece), cache, start, last_only=True)
 
 
 class AdaptiveK:
@@ -107,7 +126,7 @@ def generate_ids(
     k = k or AdaptiveK(0, 0)
     cache = cache or target.new_cache(len(prompt) + max_new_tokens + (k.k_max + 1))
     for start in range(0, len(prompt) - 1, 16):
-        target(torch.tensor(prompt[start : min(start + 16, len(prompt) - 1)]), cache, start, last_only=True)
+        prefill_chunk(target, prompt[start : min(start + 16, len(prompt) - 1)], cache, start, drafter)
     if drafter is not None:
         drafter.prefill(prompt[:-1])
     context, out, steps = list(prompt), [], []
@@ -133,6 +152,7 @@ class Engine:
     draft_model: Transformer | None = None
     k_min: int = 1
     k_max: int = 16
+    draft_head: DraftHead | None = None  # drafter "head": the shipped one is loaded when not given
 
     def __post_init__(self) -> None:
         if self.drafter_kind not in DRAFTER_KINDS:
@@ -142,6 +162,10 @@ class Engine:
                 raise ValueError("drafter 'model' needs a draft_model")
             if self.draft_model.args.vocab_size != self.target.args.vocab_size:
                 raise ValueError("the draft model must share the target's vocabulary")
+        if self.drafter_kind == "head" and self.draft_head is None:
+            from llm.draft_head import load_head
+
+            self.draft_head = load_head(self.target)
         AdaptiveK(self.k_min, self.k_max)  # validates the range
 
     @property
@@ -154,6 +178,10 @@ class Engine:
             return NgramDrafter()
         if self.drafter_kind == "model":
             return ModelDrafter(self.draft_model, max_len)
+        if self.drafter_kind == "head":
+            from llm.draft_head import HeadDrafter
+
+            return HeadDrafter(self.draft_head, self.target, max_len)
         return None
 
     def session(self, **kwargs):
@@ -172,12 +200,13 @@ class Engine:
         k_min: int = 1,
         k_max: int = 16,
     ) -> Engine:
-        """Load the target (HF folder or GGUF) and the drafter: "ngram", "none" or a draft model path."""
+        """Load the target (HF folder or GGUF) and the drafter: "ngram", "none", "head" (the shipped
+        trained draft head, llm/draft_head.py) or a draft model path."""
         from llm.loading import load_model
 
         target, tokenizer = load_model(model_path, dtype=dtype, device=device)
         draft = str(draft)
-        if draft in ("ngram", "none", ""):
+        if draft in ("ngram", "none", "head", ""):
             return cls(target, tokenizer, draft or "none", None, k_min, k_max)
         draft_model, draft_tokenizer = load_model(draft, dtype=dtype, device=device)
         if draft_tokenizer.get_vocab() != tokenizer.get_vocab():

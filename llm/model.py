@@ -8,12 +8,19 @@ just a smaller `start_pos` next time: entries past the pointer are never read an
 Weights are shared: one `Transformer` serves many sessions, each owning a small `KVCache`. Sessions may run
 in different threads, so every forward holds the model's lock.
 
-Hooks for the GPU backends (llm/backends.py):
+One forward implementation, `Transformer.run`, serves the eager forward, the compiled static step
+(llm/compiled.py) and CUDA-graph replays (llm/cuda_graphs.py): a `StepContext` (positions, RoPE rows, the
+causal mask) is built once per forward, keys/values are written with `index_copy_`, and the position is an
+int (eager: attention reads only the valid rows) or a tensor (static shape: the whole cache under a mask).
+
+Hooks for the backends (llm/backends.py `prepare_model`):
 - every projection (q/k/v/o, gate/up/down, lm_head) is a plain `nn.Linear`, so it can be swapped for an
-  FP8 linear;
+  FP8 linear or a packed int4 one (llm/quant.py);
+- `fuse_projections()` rewrites q/k/v into one `qkv_proj` and gate/up into one `gate_up_proj` (CPU and
+  non-FP8 GPUs; the FP8 path folds each norm into each projection instead);
 - `RMSNorm` is its own module;
-- attention over the cache goes through one function with the signature of `attention` below; a backend
-  swaps it per model with `Transformer.set_attention(fn)`.
+- attention over the cache goes through the built-in masked SDPA or a function with the signature of
+  `attention` below, which a backend installs per model with `Transformer.set_attention(fn)`.
 
 Module names mirror Hugging Face's (`embed_tokens`, `layers.N.self_attn.q_proj`, ...), so an HF
 safetensors state dict loads after stripping its `model.` prefix.
@@ -31,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AttentionFn = Callable[[Tensor, Tensor, Tensor, int, int], Tensor]
+AttentionFn = Callable[[Tensor, Tensor, Tensor, "int | Tensor", int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int, T: in
     """Reference causal attention of T new queries over the cache (whose rows up to start_pos+T are valid).
 
     q: [1, n_heads, T, head_dim]; caches: [1, n_kv_heads, max_len, head_dim]; returns [1, n_heads, T, hd].
-    Query i sits at absolute position start_pos+i and sees positions 0..start_pos+i.
+    Query i sits at absolute position start_pos+i and sees positions 0..start_pos+i. The model's built-in
+    path computes the same with a mask built once per forward; this function is the hook's reference.
     """
     end = start_pos + T
     k, v = k_cache[:, :, :end], v_cache[:, :, :end]
@@ -112,6 +120,25 @@ def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int, T: in
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+@dataclass
+class StepContext:
+    """What every layer of one forward shares, built once per forward.
+
+    positions: [T] int64 absolute positions (where keys/values are written, `index_copy_`);
+    start: the first position, an int (eager) or a 1-element tensor (static-shape steps: compiled or
+    CUDA-graph replays, so one graph serves every position); kv_len: how many cache rows attention reads
+    (start+T eagerly, the whole cache in a static step); mask: [T, kv_len] bool (None = no masking needed,
+    a 1-token eager step); cos/sin: the RoPE rows of those positions.
+    """
+
+    positions: Tensor
+    start: int | Tensor
+    kv_len: int
+    mask: Tensor | None
+    cos: Tensor
+    sin: Tensor
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -119,10 +146,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Computed in fp32 like the reference implementation, then cast back.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # Normalised in fp32, rounded to the model dtype, then scaled: the reference implementation's
+        # rounding, so bf16 logits stay as close to transformers' as the matmuls allow.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -130,7 +158,23 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _fuse_linears(parts: list[nn.Linear]) -> nn.Linear:
+    """One linear whose output is the concatenation of `parts`' outputs (same input)."""
+    first = parts[0]
+    fused = nn.Linear(
+        first.in_features, sum(p.out_features for p in parts), bias=first.bias is not None,
+        device=first.weight.device, dtype=first.weight.dtype,
+    )  # fmt: skip
+    fused.weight.data = torch.cat([p.weight.data for p in parts])
+    if first.bias is not None:
+        fused.bias.data = torch.cat([p.bias.data for p in parts])
+    return fused.requires_grad_(False)
+
+
 class Attention(nn.Module):
+    """q/k/v as three linears (the checkpoint's layout, which the FP8 path rewrites per projection) or, after
+    `fuse()`, one `qkv_proj` (one matmul per layer instead of three: small GEMVs sit near a per-call floor)."""
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
@@ -138,32 +182,62 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.attention_fn: AttentionFn = attention
+        self.qkv_proj: nn.Module | None = None
+        self.attention_fn: AttentionFn | None = None  # None: built-in SDPA with the forward's mask
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int
-    ) -> Tensor:
+    def fuse(self) -> None:
+        if self.qkv_proj is None:
+            self.qkv_proj = _fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+            del self.q_proj, self.k_proj, self.v_proj
+
+    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, ctx: StepContext) -> Tensor:
         T = x.shape[1]
-        q = self.q_proj(x).view(1, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        k_cache[:, :, start_pos : start_pos + T] = k
-        v_cache[:, :, start_pos : start_pos + T] = v
-        y = self.attention_fn(q, k_cache, v_cache, start_pos, T)
+        if self.qkv_proj is not None:
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split((self.n_heads * self.head_dim, kv, kv), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(1, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * ctx.cos + _rotate_half(q) * ctx.sin
+        k = k * ctx.cos + _rotate_half(k) * ctx.sin
+        k_cache.index_copy_(2, ctx.positions, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, ctx.positions, v.to(v_cache.dtype))
+        if self.attention_fn is not None:
+            y = self.attention_fn(q, k_cache, v_cache, ctx.start, T)
+        else:
+            k, v = k_cache[:, :, : ctx.kv_len], v_cache[:, :, : ctx.kv_len]
+            if q.dtype != torch.float32 and q.device.type == "cpu":
+                # CPU SDPA in bf16 took 4-6x longer than in fp32 for one query (190-530 us vs 40-110 us
+                # per layer here); in fp32 it is also the more exact of the two.
+                q, k, v = q.float(), k.float(), v.float()
+            gqa = self.n_heads != self.n_kv_heads
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=gqa).to(x.dtype)
         return self.o_proj(y.transpose(1, 2).reshape(1, T, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
+    """SwiGLU; after `fuse()` gate and up are one `gate_up_proj` (their outputs concatenated)."""
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
         self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
+        self.gate_up_proj: nn.Module | None = None
+
+    def fuse(self) -> None:
+        if self.gate_up_proj is None:
+            self.gate_up_proj = _fuse_linears([self.gate_proj, self.up_proj])
+            del self.gate_proj, self.up_proj
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -174,10 +248,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, start_pos: int
-    ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, start_pos)
+    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, ctx: StepContext) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), k_cache, v_cache, ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -196,6 +268,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.lock = threading.RLock()  # shared by every session of this model
+        self.compiled = None  # a `llm.compiled.CompiledSteps` once `llm.compiled.compile_steps` ran
         if self.embed_tokens.weight.device.type != "meta":
             self.init_rope()
 
@@ -246,6 +319,8 @@ class Transformer(nn.Module):
             state.pop("lm_head.weight", None)
         with torch.device("meta"):
             model = cls(args)
+            if any(".qkv_proj." in k or ".gate_up_proj." in k for k in state):
+                model.fuse_projections()  # a state dict of a fused model (e.g. `state_dict()` of a prepared one)
         if args.tie_embeddings:
             state["lm_head.weight"] = state["embed_tokens.weight"]
         expected = set(model.state_dict())
@@ -286,15 +361,82 @@ class Transformer(nn.Module):
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(self.args, max_len, dtype=self.dtype, device=self.device)
 
-    def set_attention(self, fn: AttentionFn) -> None:
-        """Swap the attention-over-cache function (e.g. a Triton kernel) in every layer."""
+    def set_attention(self, fn: AttentionFn | None) -> None:
+        """Swap the attention-over-cache function (e.g. a Triton kernel) in every layer; None restores
+        the built-in masked SDPA."""
         for layer in self.layers:
             layer.self_attn.attention_fn = fn
 
-    def forward(self, tokens: Tensor, cache: KVCache, start_pos: int, *, last_only: bool = False) -> Tensor:
+    def fuse_projections(self) -> Transformer:
+        """Load-time rewrite: q/k/v into one `qkv_proj` and gate/up into one `gate_up_proj` per layer (same
+        math, fewer and larger matmuls). The FP8 path keeps the per-projection layout (it folds each norm
+        into each projection), so this is applied by `llm.backends.prepare_model` for the other backends."""
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        return self
+
+    # -- the one forward implementation ------------------------------------------------------------
+    def step_context(self, start_pos: int | Tensor, T: int, cache: KVCache) -> StepContext:
+        """Positions, RoPE rows and the causal mask of one forward, built once for all layers.
+
+        An int `start_pos` is an eager step (attention reads rows < start+T, no mask for one token); a
+        1-element tensor is a static-shape step (compiled or CUDA graph): attention reads the whole cache
+        and the mask hides rows past each query's position, so one trace serves every position.
+        """
+        device = self.device
+        if isinstance(start_pos, Tensor):
+            positions = start_pos.reshape(1) + torch.arange(T, device=device)
+            mask = torch.arange(cache.max_len, device=device).unsqueeze(0) <= positions.unsqueeze(1)
+            kv_len = cache.max_len
+            cos, sin = self.rope_cos.index_select(0, positions), self.rope_sin.index_select(0, positions)
+        else:
+            positions = torch.arange(start_pos, start_pos + T, device=device)
+            kv_len = start_pos + T
+            mask = None
+            if T > 1:
+                mask = torch.arange(kv_len, device=device).unsqueeze(0) <= positions.unsqueeze(1)
+            cos, sin = self.rope_cos[start_pos:kv_len], self.rope_sin[start_pos:kv_len]
+        return StepContext(positions, start_pos, kv_len, mask, cos, sin)
+
+    def run(
+        self,
+        tokens: Tensor,
+        start_pos: int | Tensor,
+        k_caches: list[Tensor],
+        v_caches: list[Tensor],
+        cache: KVCache,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """tokens [1, T] at start_pos -> (fp32 logits [T or 1, vocab], final-norm hidden [1, T or 1, dim]).
+
+        Shared by the eager forward, the compiled step (`llm.compiled`) and CUDA-graph replays
+        (`llm.cuda_graphs`); no lock, no checks: callers hold the lock and validated the positions.
+        """
+        ctx = self.step_context(start_pos, tokens.shape[1], cache)
+        x = self.embed_tokens(tokens)
+        for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches, strict=True):
+            x = layer(x, k_cache, v_cache, ctx)
+        if last_only:
+            x = x[:, -1:]
+        hidden = self.norm(x)
+        return self.lm_head(hidden)[0].float(), hidden
+
+    def forward(
+        self,
+        tokens: Tensor,
+        cache: KVCache,
+        start_pos: int,
+        *,
+        last_only: bool = False,
+        return_hidden: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Write tokens' keys/values at start_pos.. and return fp32 logits [T, vocab] ([1, vocab] if last_only).
 
         tokens: [1, T] or [T] token ids. Positions >= start_pos+T in the cache are neither read nor kept.
+        With `return_hidden`, returns `(logits, hidden)`: hidden is the final-norm hidden state [1, T, dim]
+        (model dtype) of the same positions as the logits — what a draft head reads.
+        A step size that `compile_steps` compiled runs the compiled static-shape step; others run eagerly.
         """
         tokens = tokens.reshape(1, -1).to(self.device)
         T = tokens.shape[1]
@@ -303,11 +445,11 @@ class Transformer(nn.Module):
         if start_pos < 0 or start_pos + T > cache.max_len:
             raise ValueError(f"positions {start_pos}..{start_pos + T} do not fit a cache of {cache.max_len}")
         with self.lock, torch.inference_mode():
-            cos = self.rope_cos[start_pos : start_pos + T]
-            sin = self.rope_sin[start_pos : start_pos + T]
-            x = self.embed_tokens(tokens)
-            for i, layer in enumerate(self.layers):
-                x = layer(x, cos, sin, cache.k[i], cache.v[i], start_pos)
-            if last_only:
-                x = x[:, -1:]
-            return self.lm_head(self.norm(x))[0].float()
+            compiled = self.compiled
+            if compiled is not None and T in compiled.sizes:
+                logits, hidden = compiled(tokens, start_pos, cache)
+                if last_only:
+                    logits, hidden = logits[-1:], hidden[:, -1:]
+            else:
+                logits, hidden = self.run(tokens, start_pos, cache.k, cache.v, cache, last_only)
+            return (logits, hidden) if return_hidden else logits

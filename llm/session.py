@@ -31,6 +31,8 @@ API (stable; used by app/conversation.py and app/turn.py):
 - `truncate_reply(spoken_text)`: the last reply becomes exactly what was spoken (may be "").
 - `add_turn(user_text, reply_text=None)`: a whole text turn (and optionally the assistant's answer).
 - `next_token_logits()`: the target's logits after the conversation so far (tests, scoring).
+- `end_of_turn_probability(user_text)`: read-only; P(the user is done) after `user_text` as the open
+  user turn (probability mass on sentence-final punctuation and `<|im_end|>`), reusing the KV cache.
 - `stats` (cumulative) and `last_reply` (`SessionStats` of the latest `generate`).
 
 Internally the conversation is a token list (ChatML): system + closed turns + the open turn. The target
@@ -40,25 +42,23 @@ prefills only the rest, so the logits always equal a fresh prefill of the same t
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from llm.chat_turns import ChatTurns, SessionError, Turn
 from llm.drafters import common_prefix
-from llm.engine import AdaptiveK, Engine, speculative_step
+from llm.engine import AdaptiveK, Engine, prefill_chunk, speculative_step
 from llm.sampling import GREEDY, SamplingParams
 
 CHUNK = 16
 FINAL_CHUNK = 256
-_NO_SPACE_BEFORE = tuple(".,!?;:)]}'\"%…")
-
-
-class SessionError(RuntimeError):
-    """A call that does not fit the session's state (e.g. closing an empty user turn)."""
+_FINAL_PUNCTUATION = ".?!…"
 
 
 @dataclass
@@ -97,14 +97,7 @@ class SessionStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-@dataclass
-class _Turn:
-    role: str
-    tokens: list[int]
-    text: str
-
-
-class Session:
+class Session(ChatTurns):
     def __init__(
         self,
         engine: Engine | tuple,
@@ -138,17 +131,13 @@ class Session:
         self.eos_ids = {self._special("<|im_end|>")[0]}
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
-        self.system_prompt = system_prompt
+        super().__init__(system_prompt)  # turns, open turn, lock, version
         self._system = self._headers["system"] + self._encode(system_prompt) + self._footer
-        self._turns: list[_Turn] = []
         self._closed: list[int] = list(self._system)  # system + closed turns, flattened
-        self._open: _Turn | None = None  # the open user turn or assistant reply
         self._cached: list[int] = []  # the tokens whose keys/values fill the target cache, in order
-        self._lock = threading.RLock()
-        self._version = 0  # bumped by every history change; a running generate stops when it moves
-        self.finish_reason: str | None = None
         self.stats = SessionStats()
         self.last_reply = SessionStats()
+        self._end_ids: list[int] | None = None
 
     # -- tokens -------------------------------------------------------------------------------------
     def _special(self, text: str) -> list[int]:
@@ -163,7 +152,7 @@ class Session:
             else []
         )
 
-    def _turn_tokens(self, turn: _Turn, closed: bool) -> list[int]:
+    def _turn_tokens(self, turn: Turn, closed: bool) -> list[int]:
         return self._headers[turn.role] + turn.tokens + (self._footer if closed else [])
 
     def _rebuild_closed(self) -> None:
@@ -171,17 +160,22 @@ class Session:
         for turn in self._turns:
             self._closed += self._turn_tokens(turn, closed=True)
 
+    # ChatTurns hooks: every text edit re-encodes the turn, and the flattened closed tokens follow the turns.
+    def _set_text(self, turn: Turn, text: str) -> None:
+        turn.text, turn.tokens = text, self._encode(text)
+
+    def _turn_closed(self, turn: Turn) -> None:
+        self._closed += self._turn_tokens(turn, closed=True)
+
+    def _turns_changed(self) -> None:
+        self._rebuild_closed()
+
+    def _user_text_changed(self) -> None:
+        self._sync(whole_chunks_only=True)  # prefill whole chunks while the user speaks
+
     def tokens(self) -> list[int]:
         """The whole conversation as the model sees it (ChatML)."""
         return self._closed + (self._turn_tokens(self._open, closed=False) if self._open else [])
-
-    @property
-    def history(self) -> list[dict[str, str]]:
-        """Messages (closed turns and the open one) in the chat-template format."""
-        turns = self._turns + ([self._open] if self._open else [])
-        return [{"role": "system", "content": self.system_prompt}] + [
-            {"role": t.role, "content": t.text} for t in turns
-        ]
 
     # -- cache --------------------------------------------------------------------------------------
     def _sync(self, whole_chunks_only: bool) -> None:
@@ -207,7 +201,7 @@ class Session:
         step = self.chunk if whole_chunks_only else max(self.chunk, FINAL_CHUNK)
         for start in range(common, goal, step):
             piece = sequence[start : min(goal, start + step)]
-            self.model(torch.tensor(piece), self.cache, start, last_only=True)
+            prefill_chunk(self.model, piece, self.cache, start, self.drafter)
             self._cached += piece
             self.stats.prefill_forwards += 1
         if self.drafter is not None:
@@ -234,97 +228,73 @@ class Session:
         with self._lock:
             self._sync(whole_chunks_only=False)
             sequence = self.tokens()
-            return self.model(torch.tensor(sequence[-1:]), self.cache, len(sequence) - 1)[-1]
+            logits = self.model(torch.tensor(sequence[-1:]), self.cache, len(sequence) - 1)[-1]
+            self._cached.append(sequence[-1])  # its keys/values are in the cache now: reused by the next call
+            return logits
 
-    # -- user turn ----------------------------------------------------------------------------------
-    def _user_turn(self) -> _Turn:
-        """The open user turn, opening one (and closing a reply left open) if needed."""
-        if self._open is not None and self._open.role == "user":
-            return self._open
-        if self._open is not None:  # a reply left open (cancelled, never truncated): keep it whole
-            self._close_open()
-        self._open = _Turn("user", [], "")
-        return self._open
+    def end_of_turn_probability(self, user_text: str) -> float:
+        """P(the user's turn is over) right after `user_text`: the next-token probability mass on
+        sentence-final punctuation ("?", ".", "!", ...) and the end-of-turn token, with the conversation
+        as context. Trailing punctuation (Whisper adds some at every pause) is stripped first.
 
-    def extend(self, text: str) -> None:
-        """Append transcript text to the user turn and prefill whole chunks of it."""
+        Read-only: the history and the cached prefix do not change. The probe forwards only the tokens past
+        the longest common prefix with what the KV cache holds (incremental prefill has most of the user's
+        words there); positions past the cached prefix are free scratch space, and cached positions the
+        probe had to overwrite (it differs inside them) are forwarded again.
+        """
+        words = user_text.strip().rstrip(_FINAL_PUNCTUATION + ",;: ").strip()
+        if not words:
+            return 0.0
         with self._lock:
-            turn = self._user_turn()
-            if turn.text and text and not text[0].isspace() and not turn.text[-1].isspace():
-                if not text.startswith(_NO_SPACE_BEFORE):
-                    text = " " + text
-            self._set_user_text(turn, turn.text + text)
+            if self._open is not None and self._open.role == "assistant":
+                base = self._closed + self._turn_tokens(self._open, closed=True)
+            else:
+                base = self._closed
+            probe = base + self._headers["user"] + self._encode(words)
+            if len(probe) >= self.max_context:
+                raise SessionError(f"the conversation ({len(probe)} tokens) does not fit max_context")
+            kept = len(self._cached)
+            common = min(common_prefix(self._cached, probe), len(probe) - 1)
+            logits = None
+            for start in range(common, len(probe), FINAL_CHUNK):
+                piece = probe[start : start + FINAL_CHUNK]
+                logits = self.model(torch.tensor(piece), self.cache, start, last_only=True)[-1]
+            if common < kept:  # the probe overwrote cached positions: put their keys/values back
+                for start in range(common, kept, FINAL_CHUNK):
+                    piece = self._cached[start : min(kept, start + FINAL_CHUNK)]
+                    self.model(torch.tensor(piece), self.cache, start, last_only=True)
+            probs = torch.softmax(logits.float(), dim=-1)
+            return float(probs[self._turn_end_ids()].sum())
 
-    def revise(self, full_user_text: str) -> None:
-        """Replace the user turn's text; the caches roll back to the longest common token prefix."""
-        with self._lock:
-            self._set_user_text(self._user_turn(), full_user_text)
+    def _turn_end_ids(self) -> list[int]:
+        """Token ids that end a spoken turn: sentence-final punctuation pieces and the end-of-turn token."""
+        if self._end_ids is None:
+            self._end_ids = sorted(set(_final_punctuation_ids(self.tokenizer)) | self.eos_ids)
+        return self._end_ids
 
-    def _set_user_text(self, turn: _Turn, text: str) -> None:
-        turn.text, turn.tokens = text, self._encode(text)
-        self._version += 1
-        self._sync(whole_chunks_only=True)
-
+    # -- user turn (extend / revise / add_turn: ChatTurns) -------------------------------------------------
     def end_user_turn(self) -> None:
         """Close the user turn, open the assistant's and prefill all but the last token."""
         with self._lock:
-            if self._open is None or self._open.role != "user" or not self._open.tokens:
-                raise SessionError("no user text to close: call extend()/revise() first")
-            self._close_open()
-            self._open = _Turn("assistant", [], "")
+            super().end_user_turn()
             self._sync(whole_chunks_only=False)
 
-    def add_turn(self, user_text: str, reply_text: str | None = None) -> None:
-        """A whole text turn; with `reply_text`, the assistant's answer is added to history as well."""
+    # -- reply (discard_reply / truncate_reply: ChatTurns) ------------------------------------------------
+    def append_reply(self, token_ids: list[int]) -> None:
+        """Add tokens to the open reply (opened, closing the user turn, if needed): forced text and
+        constrained decoding (llm/tool_format.py) step with this and `next_token_logits()`."""
         with self._lock:
-            turn = self._user_turn()  # no streaming prefill: the text is complete, end_user_turn does it once
-            turn.text, turn.tokens = user_text, self._encode(user_text)
-            self._version += 1
-            self.end_user_turn()
-            if reply_text is not None:
-                self._open.text, self._open.tokens = reply_text, self._encode(reply_text)
-                self._close_open()
-
-    def _close_open(self) -> None:
-        if self._open is not None:
-            self._turns.append(self._open)
-            self._closed += self._turn_tokens(self._open, closed=True)
-            self._open = None
+            self._reply_turn()
+            self._open.tokens += list(token_ids)
+            self._open.text = self.tokenizer.decode(self._open.tokens)
             self._version += 1
 
-    # -- reply --------------------------------------------------------------------------------------
-    def _last_assistant(self) -> _Turn | None:
-        if self._open is not None and self._open.role == "assistant":
-            return self._open
-        return next((t for t in reversed(self._turns) if t.role == "assistant"), None)
-
-    def discard_reply(self) -> None:
-        """Forget the latest reply (open or finished) and reopen the user turn it answered."""
+    def close_reply(self) -> None:
+        """Close the reply that `append_reply` built (it joins the history as written, tokens and all)."""
         with self._lock:
-            self._version += 1
-            if self._open is not None and self._open.role == "assistant":
-                self._open = None
-            elif self._turns and self._turns[-1].role == "assistant" and self._open is None:
-                self._turns.pop()
-            else:
-                raise SessionError("there is no reply to discard")
-            if self._turns and self._turns[-1].role == "user":
-                self._open = self._turns.pop()
-            self._rebuild_closed()
-            self.finish_reason = None
-
-    def truncate_reply(self, spoken_text: str) -> None:
-        """After a barge-in: the latest reply keeps only the text that was actually spoken."""
-        with self._lock:
-            turn = self._last_assistant()
-            if turn is None:
-                raise SessionError("there is no reply to truncate")
-            turn.text, turn.tokens = spoken_text, self._encode(spoken_text)
-            self._version += 1
-            if turn is self._open:
-                self._close_open()
-            else:
-                self._rebuild_closed()
+            if self._open is None or self._open.role != "assistant":
+                raise SessionError("there is no open reply to close")
+            self._close_open()
 
     def generate(
         self,
@@ -335,11 +305,7 @@ class Session:
     ) -> Iterator[ReplyDelta]:
         """Reply token by token (speculatively when the engine has a drafter). See the module docstring."""
         with self._lock:
-            if self._open is not None and self._open.role == "user":
-                self.end_user_turn()
-            elif self._open is None:  # a new assistant turn after a closed one
-                self._open = _Turn("assistant", [], "")
-            reply = self._open
+            reply = self._reply_turn()
             self._fit(self.tokens(), reserve=min(max_tokens, self.max_context // 2))
             self._sync(whole_chunks_only=False)
             version = self._version
@@ -405,23 +371,17 @@ class Session:
                 if reason != "cancelled" and self._open is reply:
                     self._close_open()
 
-    async def agenerate(
-        self,
-        max_tokens: int = 64,
-        sampling: SamplingParams = GREEDY,
-        cancel: threading.Event | None = None,
-        stop: tuple[str, ...] = (),
-    ) -> AsyncIterator[ReplyDelta]:
-        """`generate` with every step in a worker thread; cancelling the task stops within one step."""
-        cancel = cancel or threading.Event()
-        steps = self.generate(max_tokens, sampling, cancel, stop)
-        done = object()
-        try:
-            while (delta := await asyncio.to_thread(next, steps, done)) is not done:
-                yield delta
-        finally:
-            cancel.set()
-            await asyncio.to_thread(steps.close)
+
+@functools.lru_cache(maxsize=4)
+def _final_punctuation_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Vocabulary entries made only of sentence-final punctuation ("?", ".", " ?", "...", "?!"); once per
+    tokenizer (a scan of the whole vocabulary)."""
+    found = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id]).strip()
+        if text and all(c in _FINAL_PUNCTUATION for c in text):
+            found.append(token_id)
+    return tuple(found)
 
 
 def _find_stop(text: str, stop: tuple[str, ...]) -> int | None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: PortAudio (sounddevice), PulseAudio (the `talk` test's audio
-# server), Chromium (the browser-page test), sox. Installs only what is missing; a no-op when all are there.
+# server), Chromium (the browser-page test), sox, espeak-ng and flite (voices for `bench voice` questions and
+# the turn-taking calibration that are not the assistant's own). Installs only what is missing; a no-op when all are there.
 set -euo pipefail
-packages=(libportaudio2 pulseaudio pulseaudio-utils chromium chromium-driver sox)
+packages=(libportaudio2 pulseaudio pulseaudio-utils chromium chromium-driver sox espeak-ng flite)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,7 +7,7 @@ import importlib
 
 BENCHES: dict[str, tuple[str, str]] = {
     "llm": ("llm.bench", "HF generate vs our engine, autoregressive and speculative"),
-    "voice": ("app.bench_voice", "end of speech -> first reply audio, streaming vs sequential"),
+    "voice": ("app.bench_voice", "turn taking: wait after speech, false endpoints; configurations vs sequential"),
     "serve": ("app.bench_serve", "concurrent websocket sessions: latency, errors, memory"),
     "gpu": ("llm.bench_gpu", "GPU step times, FP8 vs bf16, kernels vs reference (random weights)"),
 }

@@ -41,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--mic", action="store_true", help="stream the microphone until Ctrl-C")
     parser.add_argument("--save", metavar="WAV", help="write the reply audio here")
     parser.add_argument("--play", action="store_true", help="play the reply through the speakers")
-    parser.add_argument("--token", help="server token (default: server.token from the config)")
+    parser.add_argument(
+        "--token", help="server token (visible in `ps`: prefer --token-file or SPECVOICE_SERVER_TOKEN)"
+    )
+    parser.add_argument("--token-file", metavar="FILE", help="read the server token from FILE")
     parser.add_argument(
         "--fast", action="store_true", help="send the file as fast as possible, not in real time"
     )
@@ -183,6 +186,10 @@ async def _stream(
 def run(args: argparse.Namespace, config) -> int:
     from app.cli import UsageError
 
+    if args.token_file:
+        from app.commands.serve import read_token_file
+
+        args.token = read_token_file(args.token_file)
     token = args.token or os.environ.get("SPECVOICE_SERVER_TOKEN") or config.server.token
     if args.mic:
         try:

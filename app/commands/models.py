@@ -29,7 +29,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 path = cached_path(source)
                 state = f"cached  {path}" if path else "missing"
                 print(f"  {role:<6} {source}\n         {state}")
-            if profile.draft in ("ngram", "none"):
+            if profile.draft in ("ngram", "none", "head"):
                 print(f"  draft  {profile.draft} (no model)")
         return 0
 

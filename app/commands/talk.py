@@ -1,8 +1,11 @@
 """`specvoice talk`: the desktop microphone and speakers (sounddevice / PortAudio) over one Conversation.
 
 sounddevice is imported only here, lazily, so a machine without PortAudio can still serve and reply.
-The echo policy is the Conversation's (half-duplex unless `--headset`); this module only moves audio and
-reports how much reply audio the speakers really played.
+Echo: with the optional `livekit` package (`specvoice[aec]`) the speaker signal is cancelled out of the
+microphone (app/echo.py) and the conversation listens all the time, so the user can interrupt by speaking;
+without it, or with `--no-aec`, the conversation is half duplex (deaf while its voice plays); `--headset`
+is full duplex with nothing to cancel. This module only moves audio and reports how much reply audio the
+speakers really played.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import dataclasses
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.echo import EchoCanceller
 
 MIC_RATE = 16000
 MIC_BLOCK = MIC_RATE // 50  # 20 ms
@@ -49,6 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--headset",
         action="store_true",
         help="full duplex: keep listening while the assistant speaks (no echo to fear)",
+    )
+    aec = parser.add_mutually_exclusive_group()
+    aec.add_argument(
+        "--aec",
+        action="store_true",
+        help="require echo cancellation (the default whenever the livekit package is installed)",
+    )
+    aec.add_argument(
+        "--no-aec",
+        action="store_true",
+        help="no echo cancellation: half duplex, the microphone is ignored while the assistant speaks",
     )
 
 
@@ -103,12 +120,14 @@ class PlaybackBuffer:
     """Reply audio waiting for the speakers, filled by the event loop and drained by PortAudio's thread.
     It counts what was really played per reply, which is what barge-in and history truncation need."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_render: Callable[[np.ndarray], None] | None = None) -> None:
+        self.on_render = on_render  # sees every block the speakers play, silence included (echo cancelling)
         self._lock = threading.Lock()
         self._chunks: collections.deque[tuple[str, np.ndarray]] = collections.deque()
         self.played_samples: dict[str, int] = {}
         self.idle = threading.Event()  # set whenever nothing is left to play
         self.idle.set()
+        self.sounding = threading.Event()  # set while reply audio is coming out of the speakers
 
     def add(self, reply_id: str, pcm: np.ndarray) -> None:
         with self._lock:
@@ -122,6 +141,7 @@ class PlaybackBuffer:
             )
             if not self._chunks:
                 self.idle.set()
+                self.sounding.clear()
 
     @property
     def busy(self) -> bool:
@@ -142,9 +162,14 @@ class PlaybackBuffer:
                     self._chunks.popleft()
                 else:
                     self._chunks[0] = (reply_id, pcm[n:])
+            if filled:
+                self.sounding.set()
             if not self._chunks:
                 self.idle.set()
+                self.sounding.clear()
         out[filled:] = 0
+        if self.on_render is not None:
+            self.on_render(out)
         if outdata.ndim == 2 and outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]
 
@@ -191,8 +216,11 @@ async def talk_loop(
     stop: asyncio.Event | None = None,
     printer: Printer | None = None,
     playback: PlaybackBuffer | None = None,
+    aec: bool = False,
 ) -> None:
-    """Run one conversation between the microphone and the speakers until `stop` is set or cancelled."""
+    """Run one conversation between the microphone and the speakers until `stop` is set or cancelled.
+    With `aec`, what the speakers play is cancelled out of the microphone before the conversation hears it
+    (pair it with `echo_policy="full_duplex"`)."""
     from app import events as ev
 
     printer = printer or Printer()
@@ -203,9 +231,18 @@ async def talk_loop(
     )  # 10 s; beyond that drop, never block PortAudio
     playback = playback or PlaybackBuffer()
 
+    canceller: EchoCanceller | None = None  # set once the streams' latencies are known, before they start
+
     def on_mic(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        chunk = indata[:, 0].copy()
-        loop.call_soon_threadsafe(lambda: mic.full() or mic.put_nowait(chunk))
+        # The canceller runs here, on PortAudio's capture thread, so it sees speaker and microphone blocks
+        # in the order they happened, whatever the event loop is busy with.
+        chunk = indata[:, 0].copy() if canceller is None else canceller.capture(indata[:, 0], mic_rate)
+        if chunk.size:
+            loop.call_soon_threadsafe(lambda: mic.full() or mic.put_nowait(chunk))
+
+    def on_render(block: np.ndarray) -> None:
+        if canceller is not None:
+            canceller.render(block, out_rate)
 
     default_in = sd.query_devices(input_device, "input")["default_samplerate"]
     default_out = sd.query_devices(output_device, "output")["default_samplerate"]
@@ -225,6 +262,15 @@ async def talk_loop(
         dtype="int16",
         callback=playback.callback,
     )
+    if aec:
+        from app.echo import APM_RATE, EchoCanceller
+
+        # The device buffers are the least delay the echo can have; the canceller finds the rest itself.
+        canceller = EchoCanceller(delay_ms=int(1000 * (mic_stream.latency + speaker.latency)))
+        playback.on_render = on_render
+        pushed_rate = APM_RATE
+    else:
+        pushed_rate = mic_rate
     conv = assistant.conversation(dataclasses.replace(conv_config, output_sample_rate=out_rate))
     reply_text: dict[str, str] = {}
 
@@ -250,7 +296,7 @@ async def talk_loop(
         reported: dict[str, int] = {}
         while True:
             chunk = await mic.get()
-            await conv.push_audio(chunk, mic_rate)
+            await conv.push_audio(chunk, pushed_rate)
             for reply_id, samples in list(playback.played_samples.items())[-4:]:  # only recent replies move
                 if reported.get(reply_id) != samples:
                     reported[reply_id] = samples
@@ -273,6 +319,23 @@ async def talk_loop(
         await conv.close()
 
 
+def choose_aec(args: argparse.Namespace) -> bool:
+    """Echo cancellation whenever it can run, unless a headset makes it pointless or the user said no."""
+    from app.cli import UsageError
+    from app.echo import unavailable
+
+    if args.headset or args.no_aec:
+        return False
+    why_not = unavailable()
+    if why_not is None:
+        print("echo cancellation on: speak any time to interrupt", flush=True)
+        return True
+    if args.aec:
+        raise UsageError(why_not)
+    print(f"half duplex (the microphone rests while the assistant speaks): {why_not}", flush=True)
+    return False
+
+
 def run(args: argparse.Namespace, config) -> int:
     sd = open_sounddevice()
     if args.list_devices:
@@ -281,16 +344,17 @@ def run(args: argparse.Namespace, config) -> int:
     input_device = find_device(sd, args.input, "input")
     output_device = find_device(sd, args.output, "output")
     check_devices(sd, input_device, output_device)  # before the slow model load
+    aec = choose_aec(args)
 
     from app.assistant import Assistant
 
     print("loading models...", flush=True)
     assistant = Assistant.load(config)
     conv_config = dataclasses.replace(
-        config.conversation, echo_policy="full_duplex" if args.headset else "half_duplex"
+        config.conversation, echo_policy="full_duplex" if args.headset or aec else "half_duplex"
     )
     try:
-        asyncio.run(talk_loop(assistant, conv_config, sd, input_device, output_device))
+        asyncio.run(talk_loop(assistant, conv_config, sd, input_device, output_device, aec=aec))
     except KeyboardInterrupt:
         print("\nbye", flush=True)
     return 0

@@ -1,14 +1,16 @@
 """The one server process: a `websockets` server whose HTTP hook serves the page and admits websockets.
 
 Models are loaded once (the Assistant) and every connection gets its own cheap Conversation from it.
-Admission order: route → origin → token (HTTP 404/403/401, before any session exists) → session limit (the
-websocket is accepted and closed with code 1013 and a reason, so that clients, including the openai SDK,
-can show why).
+Admission order: one Host header → allowed Host → route → origin → token (HTTP 400/421/404/403/401, before
+any session exists; app/server/http.py) → slots (the websocket is accepted and closed with code 1013 and a
+reason, so that clients, including the openai SDK, can show why): `max_sessions` live conversations,
+`max_sessions_per_client` per client address, `max_pending` connections still without a conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -19,9 +21,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from app.config import Config
-from app.server import http
+from app.server import http, redact
 from app.server.realtime import RealtimeSession
-from app.server.session import WireSession
+from app.server.session import SessionState, WireSession
 from app.server.twilio import TwilioSession
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class Server:
         self.refused = 0
         self.total_sessions = 0
         self._ws_server: WsServer | None = None
+        redact.add_secret(config.server.token)
 
     @property
     def port(self) -> int:
@@ -69,15 +72,53 @@ class Server:
             pass
         return {
             "status": "ok",
-            "sessions": len(self.sessions),
+            "sessions": self.live_sessions(),
+            "connections": len(self.sessions),
             "max_sessions": self.config.max_sessions,
             "total_sessions": self.total_sessions,
             "refused": self.refused,
             "rss_mb": rss_mb,
         }
 
+    def live_sessions(self) -> int:
+        return sum(1 for s in self.sessions if s.state is SessionState.LIVE)
+
+    def refusal(self, session: WireSession, starting: bool) -> str | None:
+        """Why `session` may not go on (None: it may). `starting`: it is about to create its conversation."""
+        cfg = self.config
+        others = [s for s in self.sessions if s is not session and s.state is not SessionState.CLOSED]
+        if starting and sum(1 for s in others if s.state is SessionState.LIVE) >= cfg.max_sessions:
+            return f"server busy: {cfg.max_sessions} sessions already open (max_sessions)"
+        address = session.client_address
+        if not starting and sum(1 for s in others if s.client_address == address) >= cfg.max_sessions_per_client:
+            return (
+                f"too many sessions from {address}: {cfg.max_sessions_per_client} already open "
+                "(max_sessions_per_client)"
+            )
+        if not starting and sum(1 for s in others if s.state is SessionState.CONNECTED) >= cfg.max_pending:
+            return f"server busy: {cfg.max_pending} connections still starting (max_pending)"
+        return None
+
+    async def refuse(self, session: WireSession, reason: str) -> None:
+        """Accepted, told why, closed with 1013 (try again later)."""
+        self.refused += 1
+        log.warning("refused a %s session from %s: %s", session.endpoint, session.client_address, reason)
+        if session.endpoint == http.REALTIME:
+            with contextlib.suppress(Exception):
+                await session.emit(
+                    "error",
+                    error={
+                        "type": "server_error",
+                        "code": reason.rsplit("(", 1)[-1].rstrip(")"),
+                        "message": reason,
+                        "param": None,
+                        "event_id": None,
+                    },
+                )
+        await session.close(TRY_AGAIN_LATER, reason[:120])
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        admission = http.admit(self.config, request, self.health())
+        admission = http.admit(self.config, request, self.health)
         if admission.response is not None:
             return admission.response
         connection.specvoice_endpoint = admission.endpoint  # type: ignore[attr-defined]
@@ -92,24 +133,13 @@ class Server:
         if endpoint is None:  # cannot happen: the HTTP hook refuses unknown paths
             await connection.close(1008, "unknown endpoint")
             return
-        if len(self.sessions) >= self.config.max_sessions:
-            self.refused += 1
-            reason = f"server busy: {self.config.max_sessions} sessions already open (max_sessions)"
-            log.warning("refused a %s session: %s", endpoint, reason)
-            if endpoint == http.REALTIME:
-                await RealtimeSession(connection, self).emit(
-                    "error",
-                    error={
-                        "type": "server_error",
-                        "code": "max_sessions",
-                        "message": reason,
-                        "param": None,
-                        "event_id": None,
-                    },
-                )
-            await connection.close(TRY_AGAIN_LATER, reason)
-            return
         session = SESSION_CLASSES[endpoint](connection, self)
+        reason = self.refusal(session, starting=False) or (
+            None if session.needs_start else self.refusal(session, starting=True)
+        )
+        if reason is not None:
+            await self.refuse(session, reason)
+            return
         self.sessions.add(session)
         self.total_sessions += 1
         try:
@@ -124,6 +154,7 @@ class Server:
             gc.collect()
 
     async def start(self) -> None:
+        redact.install()
         limit = self.config.max_message_bytes
         gc.collect()
         gc.freeze()  # models and libraries are loaded: keep them out of every later collection (~4 ms, not ~300)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +35,9 @@ from app.server.realtime_schema import (
 )
 from app.server.session import ProtocolError, WireSession
 
+log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100.0  # what the Realtime API asks for before a manual commit
+SERVER_SIDE_CODES = {"server_error", "internal_error"}  # conversation errors that are not the client's
 
 
 def new_id(prefix: str) -> str:
@@ -50,6 +54,20 @@ class Reply:
     transcript: str = ""
     audio_ms: float = 0.0
     resampler: StreamResampler | None = None
+    cancel_reason: str | None = None  # set by response.cancel; a barge-in leaves it None (turn_detected)
+
+
+def vendor_turn_signals(value: Any, current: bool) -> bool:
+    """`session.specvoice` (our vendor field): `{turn_signals: bool}`; absent keeps the current choice."""
+    if value is None:
+        return current
+    if not isinstance(value, dict) or not isinstance(value.get("turn_signals", current), bool):
+        raise ProtocolError(
+            "session.specvoice must be an object like {turn_signals: true}",
+            "invalid_value",
+            "session.specvoice",
+        )
+    return value.get("turn_signals", current)
 
 
 class RealtimeSession(WireSession):
@@ -68,7 +86,14 @@ class RealtimeSession(WireSession):
         self.partial_sent = ""
         self.uncommitted_ms = 0.0
         self.used = False  # audio or text reached the conversation: settings that shape it are now fixed
-        self.cancel_reason: str | None = None
+        # response.create was sent and its reply has not shown up yet; a response.cancel in that window
+        # (both in one burst) cancels it before it starts, with this reason.
+        self.response_requested = False
+        self.early_cancel: str | None = None
+        self.pending_text_chars = 0  # user text added since the last reply (bounded like one message)
+        # The vendor event `specvoice.turn_signals` goes only to clients that ask for it with
+        # `session.specvoice = {turn_signals: true}` (the browser console); SDK clients never see it.
+        self.turn_signals = False
         self.awaiting_transcript: collections.deque[str] = collections.deque(maxlen=8)
         self.finished: collections.deque[str] = collections.deque(maxlen=32)  # reply ids already done
 
@@ -83,33 +108,49 @@ class RealtimeSession(WireSession):
         )
 
     async def report(self, error: ProtocolError, data: dict[str, Any] | None = None) -> None:
+        server_side = error.code in SERVER_SIDE_CODES
+        if not server_side:
+            self.count_error(error)
         client_event_id = data.get("event_id") if isinstance(data, dict) else None
         await self.emit(
             "error",
             error={
-                "type": "server_error" if error.code == "server_error" else "invalid_request_error",
+                "type": "server_error" if server_side else "invalid_request_error",
                 "code": error.code,
                 "message": str(error),
                 "param": error.param,
-                "event_id": client_event_id if isinstance(client_event_id, str) else None,
+                "event_id": client_event_id
+                if isinstance(client_event_id, str) and len(client_event_id) <= 128
+                else None,
             },
         )
 
-    def _new_conversation_config(self):
+    def _new_conversation_config(self, settings: SessionSettings | None = None):
         # Realtime clients cancel their own echo (browsers do, the API expects it), so the server listens
         # while it speaks: that is what makes barge-in possible over a websocket.
+        settings = settings or self.settings
         return self.conversation_config(
-            **self.settings.conversation_changes(),
+            **settings.conversation_changes(),
             echo_policy="full_duplex",
-            output_sample_rate=self.settings.output_rate,
-            system_prompt=self.settings.instructions,
+            output_sample_rate=settings.output_rate,
+            system_prompt=settings.instructions,
         )
+
+    def _idle_timeout_s(self) -> float:
+        """The server's idle limit, or the client's `idle_timeout_ms` when that is shorter."""
+        td = self.settings.turn_detection or {}
+        limit = self.server.config.idle_timeout_s
+        asked = td.get("idle_timeout_ms")
+        return min(limit, asked / 1000.0) if isinstance(asked, (int, float)) and asked > 0 else limit
 
     async def open(self) -> None:
         await self.start_conversation(self._new_conversation_config())
         await self.emit(
             "session.created", session=session_object(self.session_id, self.settings, self.server.full_config)
         )
+
+    def busy(self) -> bool:
+        return self.current is not None or self.response_requested
 
     def _user_item(self) -> str:
         if self.user_item is None:
@@ -128,7 +169,13 @@ class RealtimeSession(WireSession):
         session = data.get("session")
         if not isinstance(session, dict):
             raise ProtocolError("session.update needs a `session` object", "invalid_value", "session")
-        new = parse_session_update(self.settings, session)
+        # Validated whole before anything changes: a refused update leaves the session as it was.
+        new = parse_session_update(self.settings, session, self.server.config.max_text_chars * 4)
+        turn_signals = vendor_turn_signals(session.get("specvoice"), self.turn_signals)
+        try:
+            new_changes = new.conversation_changes()
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ProtocolError(f"bad turn_detection: {exc}", "invalid_value", "session.turn_detection") from None
         if new.instructions != self.settings.instructions:
             if self.used:
                 raise ProtocolError(
@@ -136,13 +183,18 @@ class RealtimeSession(WireSession):
                     "session_update_too_late",
                     "session.instructions",
                 )
-            self.settings = new
-            await self.start_conversation(self._new_conversation_config())
-        elif new.conversation_changes() != self.settings.conversation_changes():
-            self.conv.update(**new.conversation_changes())
-            self.settings = new
-        else:
-            self.settings = new
+            try:  # the new conversation is built before the old one is closed (WireSession)
+                await self.start_conversation(self._new_conversation_config(new))
+            except ValueError as exc:
+                raise ProtocolError(str(exc), "invalid_value", "session") from None
+        elif new_changes != self.settings.conversation_changes():
+            try:
+                self.conv.update(**new_changes)  # validates the whole config before applying it
+            except ValueError as exc:
+                raise ProtocolError(str(exc), "invalid_value", "session.turn_detection") from None
+        self.settings = new
+        self.turn_signals = turn_signals
+        self.idle_timeout_s = self._idle_timeout_s()
         await self.emit(
             "session.updated", session=session_object(self.session_id, self.settings, self.server.full_config)
         )
@@ -157,6 +209,13 @@ class RealtimeSession(WireSession):
             raise ProtocolError("audio is empty", "invalid_audio", "audio")
         duration_ms = 1000.0 * pcm.size / self.settings.input_rate
         limit_ms = 1000.0 * self.server.config.max_queued_audio_s
+        if duration_ms > limit_ms:
+            raise ProtocolError(
+                f"one append of {duration_ms / 1000:.0f} s of audio exceeds the {limit_ms / 1000:.0f} s limit; "
+                "send it in pieces",
+                "audio_too_long",
+                "audio",
+            )
         # Manual turn taking keeps everything until a commit: bound it. With VAD the conversation consumes
         # the audio as it arrives (push_audio awaits), so nothing piles up.
         if self.settings.turn_detection is None and self.uncommitted_ms + duration_ms > limit_ms:
@@ -165,11 +224,17 @@ class RealtimeSession(WireSession):
                 "input_audio_buffer_full",
                 "audio",
             )
-        self.uncommitted_ms += duration_ms
+        if self.settings.turn_detection is None:
+            self.uncommitted_ms += duration_ms
         self.used = True
-        await self.conv.push_audio(pcm, self.settings.input_rate)
+        await self.push_audio(pcm, self.settings.input_rate)  # paced and sliced (WireSession)
 
     async def audio_commit(self, data: dict[str, Any]) -> None:
+        if self.settings.turn_detection is not None:
+            # VAD mode: ending the turn now makes the conversation emit SpeechStopped, which sends the one
+            # `committed` (on_event); with no speech in progress the conversation reports an empty buffer.
+            await self.conv.commit()
+            return
         if self.uncommitted_ms < MIN_COMMIT_MS:
             raise ProtocolError(
                 f"buffer too small: {self.uncommitted_ms:.0f} ms of audio, need {MIN_COMMIT_MS:.0f} ms",
@@ -197,9 +262,12 @@ class RealtimeSession(WireSession):
             raise ProtocolError("conversation.item.create needs an `item` object", "invalid_value", "item")
         if item.get("type", "message") != "message" or item.get("role") != "user":
             raise ProtocolError("only user text messages can be added", "unsupported_item", "item.role")
+        content = item.get("content")
+        if not isinstance(content, list):
+            raise ProtocolError("item.content must be a list of content parts", "invalid_value", "item.content")
         texts = [
             part.get("text")
-            for part in item.get("content") or []
+            for part in content
             if isinstance(part, dict)
             and part.get("type") in ("input_text", "text")
             and isinstance(part.get("text"), str)
@@ -207,8 +275,18 @@ class RealtimeSession(WireSession):
         text = " ".join(t.strip() for t in texts if t.strip())
         if not text:
             raise ProtocolError("the item has no input_text content", "invalid_value", "item.content")
-        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        limit = self.server.config.max_text_chars
+        if len(text) + self.pending_text_chars > limit:
+            raise ProtocolError(
+                f"user text of {len(text) + self.pending_text_chars} characters exceeds the {limit}-character "
+                "limit of one turn",
+                "text_too_long",
+                "item.content",
+            )
+        given_id = item.get("id")
+        item_id = given_id if isinstance(given_id, str) and 0 < len(given_id) <= 64 else new_id("item")
         self.used = True
+        self.pending_text_chars += len(text) + 1
         await self.conv.send_text(text, respond=False)
         wire_item = {
             "id": item_id,
@@ -224,12 +302,17 @@ class RealtimeSession(WireSession):
 
     async def response_create(self, data: dict[str, Any]) -> None:
         self.used = True
+        if self.current is None:
+            self.response_requested = True
         await self.conv.respond()
 
     async def response_cancel(self, data: dict[str, Any]) -> None:
-        if self.current is None:
+        if self.current is not None:
+            self.current.cancel_reason = "client_cancelled"
+        elif self.response_requested:  # asked for in the same burst: cancel it before it plays
+            self.early_cancel = "client_cancelled"
+        else:
             raise ProtocolError("there is no response in progress to cancel", "response_cancel_not_active")
-        self.cancel_reason = "client_cancelled"
         await self.conv.cancel()
 
     async def item_truncate(self, data: dict[str, Any]) -> None:
@@ -237,7 +320,12 @@ class RealtimeSession(WireSession):
         reply = self.items.get(item_id) if isinstance(item_id, str) else None
         if reply is None:
             raise ProtocolError(f"no assistant item {item_id!r} to truncate", "item_not_found", "item_id")
-        if not isinstance(end_ms, (int, float)) or isinstance(end_ms, bool) or end_ms < 0:
+        if (
+            not isinstance(end_ms, (int, float))
+            or isinstance(end_ms, bool)
+            or not math.isfinite(end_ms)
+            or end_ms < 0
+        ):
             raise ProtocolError("audio_end_ms must be a non-negative number", "invalid_value", "audio_end_ms")
         if end_ms > reply.audio_ms + 1:
             raise ProtocolError(
@@ -279,6 +367,16 @@ class RealtimeSession(WireSession):
                     content_index=0,
                     delta=delta,
                 )
+        elif isinstance(event, ev.TurnSignals):
+            if self.turn_signals:
+                await self.emit(
+                    "specvoice.turn_signals",
+                    item_id=self._user_item(),
+                    audio_p=event.audio_p,
+                    text_p=event.text_p,
+                    silence_ms=round(event.silence_ms, 1),
+                    wait_ms=round(event.wait_ms, 1),
+                )
         elif isinstance(event, ev.TranscriptFinal):
             item = self.awaiting_transcript.popleft() if self.awaiting_transcript else self._user_item()
             await self.emit(
@@ -290,32 +388,55 @@ class RealtimeSession(WireSession):
             )
             self.partial_sent = ""
         elif isinstance(event, ev.ReplyStarted):
-            await self._reply_started(event)
+            if event.reply_id not in self.finished:  # cancelled before it started: already answered
+                await self._reply_started(self._reply(event.reply_id))
         elif isinstance(event, ev.ReplyTextDelta):
+            if event.reply_id in self.finished:
+                return
             reply = self._reply(event.reply_id)
             reply.transcript += event.text
             await self.emit(
                 "response.output_audio_transcript.delta", **self._part_ids(reply), delta=event.text
             )
         elif isinstance(event, ev.ReplyAudio):
-            await self._reply_audio(event)
+            if event.reply_id not in self.finished:
+                await self._reply_audio(event)
         elif isinstance(event, ev.ReplyDone):
-            await self._reply_finished(self._reply(event.reply_id), "completed", event.text)
+            if event.reply_id not in self.finished:
+                await self._reply_finished(self._reply(event.reply_id), "completed", event.text)
         elif isinstance(event, ev.Interrupted):
             if event.reply_id in self.finished:
                 return  # cut while the client was still playing it: the client truncates, nothing to say
-            reason = self.cancel_reason or "turn_detected"
-            self.cancel_reason = None
-            await self._reply_finished(self._reply(event.reply_id), "cancelled", event.spoken_text, reason)
+            reply = self._reply(event.reply_id)
+            if reply is not self.current:  # cancelled before its ReplyStarted came through
+                await self._reply_started(reply)
+            reason = reply.cancel_reason or "turn_detected"
+            await self._reply_finished(reply, "cancelled", event.spoken_text, reason)
         elif isinstance(event, ev.ErrorEvent):
+            if event.code in SERVER_SIDE_CODES:
+                log.warning("realtime session: conversation error: %s", event.message)
             await self.report(ProtocolError(event.message, event.code))
+            if self.current is not None and self._reply_failed(self.current):
+                # No ReplyDone will come: end the response `failed`, and let the conversation drop the
+                # dead reply so that the next response.create starts a fresh one.
+                await self._reply_finished(self.current, "failed", self.current.transcript)
+                await self.conv.cancel()
 
     def _reply(self, reply_id: str) -> Reply:
         reply = self.replies.get(reply_id)
-        if reply is None:  # an event for a reply we never saw start: still give it stable ids
+        if reply is None:  # the first event of a reply: give it stable ids
             reply = self.replies[reply_id] = Reply(reply_id)
             self.items[reply.item_id] = reply
+            if self.response_requested:  # the reply response.create asked for
+                self.response_requested = False
+                reply.cancel_reason, self.early_cancel = self.early_cancel, None
         return reply
+
+    def _reply_failed(self, reply: Reply) -> bool:
+        """Did the conversation's task for this reply end with an exception (so no ReplyDone will come)?"""
+        conv_reply = getattr(self.conv, "_replies", {}).get(reply.reply_id)
+        task = getattr(conv_reply, "task", None)
+        return task is not None and task.done() and not task.cancelled() and task.exception() is not None
 
     @staticmethod
     def _part_ids(reply: Reply) -> dict[str, Any]:
@@ -326,9 +447,9 @@ class RealtimeSession(WireSession):
             "content_index": 0,
         }
 
-    async def _reply_started(self, event: ev.ReplyStarted) -> None:
-        reply = self._reply(event.reply_id)
+    async def _reply_started(self, reply: Reply) -> None:
         self.current = reply
+        self.pending_text_chars = 0
         await self.emit(
             "response.created", response=response_object(reply.response_id, "in_progress", [], self.settings)
         )
@@ -376,7 +497,15 @@ class RealtimeSession(WireSession):
         )
         await self.emit("response.output_item.done", response_id=reply.response_id, output_index=0, item=item)
         await self.emit("conversation.item.done", previous_item_id=None, item=item)
-        details = {"type": status, "reason": reason} if status == "cancelled" else None
+        if status == "cancelled":
+            details = {"type": status, "reason": reason}
+        elif status == "failed":
+            details = {
+                "type": "failed",
+                "error": {"type": "server_error", "code": "reply_failed", "message": "the reply failed"},
+            }
+        else:
+            details = None
         await self.emit(
             "response.done",
             response=response_object(reply.response_id, status, [item], self.settings, details),

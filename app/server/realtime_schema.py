@@ -6,6 +6,7 @@ Kept apart from the endpoint so the schema can be tested without a connection or
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,8 @@ G711_RATE = 8000
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "g711_ulaw", "g711_alaw": "g711_alaw"}
 CODEC_TO_GA = {v: k for k, v in GA_FORMATS.items()}
-SEMANTIC_EAGERNESS_HANGOVER_MS = {"low": 1200, "medium": None, "auto": None, "high": 250}
+EAGERNESS = ("low", "medium", "high", "auto")
+MAX_SILENCE_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,12 @@ class SessionSettings:
         return cls(turn_detection={"type": mode} if mode else None, instructions=config.llm.system_prompt)
 
     def conversation_changes(self) -> dict[str, Any]:
-        """The ConversationConfig fields this session shapes (turn taking; audio rates are adapted here)."""
+        """The ConversationConfig fields this session shapes (turn taking; audio rates are adapted here).
+
+        server_vad: `silence_duration_ms` caps every end-of-turn wait (`max_silence_ms`), so 200 ends a
+        finished sentence after at most 200 ms of silence, and an unfinished one too; `threshold` is the
+        VAD's. semantic_vad: `eagerness` picks the thresholds of the fused rule (asr/endpointing.py).
+        null: manual commit."""
         td = self.turn_detection
         if td is None:
             return {"turn_detection": None, "auto_respond": False}
@@ -51,11 +58,9 @@ class SessionSettings:
             if td.get("threshold") is not None:
                 changes["vad_threshold"] = float(td["threshold"])
             if td.get("silence_duration_ms") is not None:
-                changes["hangover_ms"] = int(td["silence_duration_ms"])
+                changes["max_silence_ms"] = max(1, int(td["silence_duration_ms"]))
         else:
-            hangover = SEMANTIC_EAGERNESS_HANGOVER_MS.get(td.get("eagerness") or "auto")
-            if hangover is not None:
-                changes["hangover_ms"] = hangover
+            changes["eagerness"] = td.get("eagerness") or "auto"
         return changes
 
 
@@ -64,14 +69,15 @@ def _codec_and_rate(fmt: Any, where: str) -> tuple[str, int]:
         codec = BETA_FORMATS.get(fmt)
         if codec is None:
             raise ProtocolError(
-                f"unsupported audio format {fmt!r}; use pcm16, g711_ulaw or g711_alaw", "invalid_value", where
+                f"unsupported audio format {fmt[:40]!r}; use pcm16, g711_ulaw or g711_alaw", "invalid_value", where
             )
         return codec, PCM_RATE if codec == "pcm16" else G711_RATE
     if isinstance(fmt, dict):  # GA: {"type": "audio/pcm", "rate": 24000}
-        codec = GA_FORMATS.get(fmt.get("type"))
+        kind = fmt.get("type")
+        codec = GA_FORMATS.get(kind) if isinstance(kind, str) else None
         if codec is None:
             raise ProtocolError(
-                f"unsupported audio format {fmt.get('type')!r}; use audio/pcm, audio/pcmu or audio/pcma",
+                f"unsupported audio format {str(kind)[:40]!r}; use audio/pcm, audio/pcmu or audio/pcma",
                 "invalid_value",
                 where,
             )
@@ -116,12 +122,55 @@ def _turn_detection(value: Any, where: str) -> dict[str, Any] | None:
             raise ProtocolError(
                 f"turn_detection.{key} must be a non-negative number", "invalid_value", f"{where}.{key}"
             )
+    if (td.get("silence_duration_ms") or 0) > MAX_SILENCE_MS:
+        raise ProtocolError(f"turn_detection.silence_duration_ms must be at most {MAX_SILENCE_MS}",
+                            "invalid_value", f"{where}.silence_duration_ms")  # fmt: skip
+    if td.get("eagerness") is not None and td["eagerness"] not in EAGERNESS:
+        raise ProtocolError(f"turn_detection.eagerness must be one of {', '.join(EAGERNESS)}",
+                            "invalid_value", f"{where}.eagerness")  # fmt: skip
     return td
 
 
-def parse_session_update(current: SessionSettings, session: dict[str, Any]) -> SessionSettings:
+# turn_detection values: (low, high) for numbers; booleans; idle_timeout_ms may also be null
+TD_NUMBER_BOUNDS = {
+    "threshold": (0.0, 1.0),
+    "silence_duration_ms": (0.0, 60_000.0),
+    "prefix_padding_ms": (0.0, 10_000.0),
+    "idle_timeout_ms": (1000.0, 3_600_000.0),
+}
+TD_BOOLEANS = ("create_response", "interrupt_response")
+
+
+def _check_turn_detection_values(td: dict[str, Any] | None, where: str) -> None:
+    """Types and ranges of every turn_detection value, so nothing absurd (1e308, NaN, a list) gets further."""
+    if td is None:
+        return
+    for key, (low, high) in TD_NUMBER_BOUNDS.items():
+        value = td.get(key)
+        if value is None:
+            continue
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not low <= value <= high
+            or (key == "threshold" and value in (0, 1))
+        ):
+            shape = "strictly between 0 and 1" if key == "threshold" else f"between {low:g} and {high:g}"
+            raise ProtocolError(f"turn_detection.{key} must be a number {shape}", "invalid_value", f"{where}.{key}")
+    for key in TD_BOOLEANS:
+        if td.get(key) is not None and not isinstance(td[key], bool):
+            raise ProtocolError(f"turn_detection.{key} must be true or false", "invalid_value", f"{where}.{key}")
+    if td.get("eagerness") is not None and not isinstance(td["eagerness"], str):
+        raise ProtocolError("turn_detection.eagerness must be a string", "invalid_value", f"{where}.eagerness")
+
+
+def parse_session_update(
+    current: SessionSettings, session: dict[str, Any], max_instructions: int = 16_000
+) -> SessionSettings:
     """Apply a GA (`session.audio.input.format`...) or beta (`input_audio_format`...) update; unknown
-    fields are ignored, as the Realtime API does for forward compatibility."""
+    fields are ignored, as the Realtime API does for forward compatibility. Everything is checked before
+    anything is returned, so a refused update changes nothing."""
     changes: dict[str, Any] = {}
     audio = session.get("audio")
     if audio is not None and not isinstance(audio, dict):
@@ -140,15 +189,27 @@ def parse_session_update(current: SessionSettings, session: dict[str, Any]) -> S
             continue
         changes[f"{side}_codec"], changes[f"{side}_rate"] = _codec_and_rate(fmt, where)
     if "turn_detection" in audio_in:
-        changes["turn_detection"] = _turn_detection(
-            audio_in["turn_detection"], "session.audio.input.turn_detection"
-        )
+        where = "session.audio.input.turn_detection"
+        changes["turn_detection"] = _turn_detection(audio_in["turn_detection"], where)
+        _check_turn_detection_values(changes["turn_detection"], where)
     elif "turn_detection" in session:
         changes["turn_detection"] = _turn_detection(session["turn_detection"], "session.turn_detection")
-    if isinstance(session.get("instructions"), str):
-        changes["instructions"] = session["instructions"]
+        _check_turn_detection_values(changes["turn_detection"], "session.turn_detection")
+    instructions = session.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ProtocolError("session.instructions must be a string", "invalid_value", "session.instructions")
+    if isinstance(instructions, str):
+        if len(instructions) > max_instructions:
+            raise ProtocolError(
+                f"instructions of {len(instructions)} characters exceed the {max_instructions}-character limit",
+                "instructions_too_long",
+                "session.instructions",
+            )
+        changes["instructions"] = instructions
     voice = audio_out.get("voice", session.get("voice"))
     if isinstance(voice, str):
+        if len(voice) > 64:
+            raise ProtocolError("voice names are at most 64 characters", "invalid_value", "session.voice")
         changes["voice"] = voice
     modalities = session.get("output_modalities", session.get("modalities"))
     if isinstance(modalities, list) and all(isinstance(m, str) for m in modalities):

@@ -11,7 +11,9 @@ The protocol has no error message, so malformed input is logged and dropped; the
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ PHONE_RATE = 8000
 
 class TwilioSession(WireSession):
     endpoint = "twilio"
+    needs_start = True  # no conversation (and no slot) until `start`, which must come within start_timeout_s
 
     def __init__(self, ws, server) -> None:
         super().__init__(ws, server)
@@ -40,15 +43,18 @@ class TwilioSession(WireSession):
         self.call_sid: str | None = None
         self.sent_ms: dict[str, float] = {}  # reply_id -> ms of audio sent so far
         self.resamplers: dict[str, StreamResampler] = {}
-        self.cleared: set[str] = set()  # replies flushed by `clear`: their late marks were never heard
-        self.errors = 0
+        # replies flushed by `clear`: their late marks were never heard (the last few are enough)
+        self.cleared: collections.deque[str] = collections.deque(maxlen=32)
+        self.stopped = False
 
     async def report(self, error: ProtocolError, data: dict[str, Any] | None = None) -> None:
-        self.errors += 1
-        log.warning("twilio stream %s: %s", self.stream_sid, error)
+        if self.count_error(error):
+            log.warning("twilio stream %s: %s", self.stream_sid, error)
 
     async def on_message(self, data: dict[str, Any]) -> None:
         kind = data.get("event")
+        if self.stopped:
+            raise ProtocolError(f"{kind!r} after `stop`", "after_stop")
         if kind == "connected":
             return
         if kind == "start":
@@ -58,7 +64,8 @@ class TwilioSession(WireSession):
         elif kind == "mark":
             self._mark(data)
         elif kind == "stop":
-            await self.ws.close(1000, "stream stopped")
+            self.stopped = True
+            await self.close(1000, "stream stopped")
         elif kind == "dtmf":
             return
         else:
@@ -68,11 +75,20 @@ class TwilioSession(WireSession):
         start = data.get("start")
         if not isinstance(start, dict):
             raise ProtocolError("`start` event without a start object")
+        if self.conv is not None:
+            raise ProtocolError("a second `start` on one stream", "already_started")
         fmt = start.get("mediaFormat") or {}
-        if fmt and (fmt.get("encoding") != "audio/x-mulaw" or fmt.get("sampleRate") != PHONE_RATE):
-            raise ProtocolError(f"unsupported media format {fmt!r}; expected audio/x-mulaw at 8000 Hz")
-        self.stream_sid = str(start.get("streamSid") or data.get("streamSid") or "")
-        self.call_sid = start.get("callSid")
+        if not isinstance(fmt, dict) or (
+            fmt and (fmt.get("encoding") != "audio/x-mulaw" or fmt.get("sampleRate") != PHONE_RATE)
+        ):
+            raise ProtocolError(f"unsupported media format {str(fmt)[:80]}; expected audio/x-mulaw at 8000 Hz")
+        reason = self.server.refusal(self, starting=True)
+        if reason is not None:  # the slot is claimed now, when the call really starts
+            await self.server.refuse(self, reason)
+            return
+        sid = start.get("streamSid") or data.get("streamSid") or ""
+        self.stream_sid = str(sid)[:64] if isinstance(sid, (str, int)) else ""
+        self.call_sid = start.get("callSid") if isinstance(start.get("callSid"), str) else None
         # Phone networks cancel echo, and barge-in must work while the caller hears us: full duplex.
         await self.start_conversation(
             self.conversation_config(output_sample_rate=PHONE_RATE, echo_policy="full_duplex")
@@ -94,7 +110,7 @@ class TwilioSession(WireSession):
             raise ProtocolError("empty media payload", "invalid_audio")
         if len(payload) > PHONE_RATE * self.server.config.max_queued_audio_s:
             raise ProtocolError("media payload longer than the queued-audio limit", "invalid_audio")
-        await self.conv.push_audio(ulaw_decode(payload), PHONE_RATE)
+        await self.push_audio(ulaw_decode(payload), PHONE_RATE)  # paced and sliced (WireSession)
 
     def _mark(self, data: dict[str, Any]) -> None:
         mark = data.get("mark")
@@ -105,18 +121,23 @@ class TwilioSession(WireSession):
         if reply_id in self.cleared or self.conv is None:
             return
         try:
-            self.conv.played(reply_id, float(ms))
+            played = float(ms)
         except ValueError:
-            raise ProtocolError(f"mark with an unknown name {name!r}") from None
+            raise ProtocolError(f"mark with an unknown name {name[:80]!r}") from None
+        if not math.isfinite(played) or played < 0:
+            raise ProtocolError(f"mark with a bad position {name[:80]!r}", "invalid_value")
+        self.conv.played(reply_id, played)
 
     async def _send(self, event: str, **fields: Any) -> None:
         await self.send_json({"event": event, "streamSid": self.stream_sid, **fields})
 
     async def on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ReplyAudio):
-            resampler = self.resamplers.setdefault(
-                event.reply_id, StreamResampler(event.sample_rate, PHONE_RATE)
-            )
+            resampler = self.resamplers.get(event.reply_id)
+            if resampler is None:
+                # One reply plays at a time: anything older (a reply that failed) is dropped, not kept.
+                self.resamplers.clear()
+                resampler = self.resamplers[event.reply_id] = StreamResampler(event.sample_rate, PHONE_RATE)
             pcm = resampler.process(np.frombuffer(event.pcm, dtype="<i2"))
             await self._send_audio(event.reply_id, pcm)
         elif isinstance(event, ev.ReplyDone):
@@ -125,7 +146,7 @@ class TwilioSession(WireSession):
                 await self._send_audio(event.reply_id, resampler.process(np.zeros(0, np.int16), last=True))
             self.sent_ms.pop(event.reply_id, None)
         elif isinstance(event, ev.Interrupted):
-            self.cleared.add(event.reply_id)
+            self.cleared.append(event.reply_id)
             self.resamplers.pop(event.reply_id, None)
             self.sent_ms.pop(event.reply_id, None)
             await self._send("clear")
@@ -136,6 +157,8 @@ class TwilioSession(WireSession):
         if pcm.size == 0 or reply_id in self.cleared:
             return
         await self._send("media", media={"payload": b64encode(ulaw_encode(pcm))})
+        if reply_id not in self.sent_ms and len(self.sent_ms) >= 8:  # replies that never finished
+            self.sent_ms.pop(next(iter(self.sent_ms)))
         sent = self.sent_ms.get(reply_id, 0.0) + 1000.0 * pcm.size / PHONE_RATE
         self.sent_ms[reply_id] = sent
         await self._send("mark", mark={"name": f"{reply_id}:{sent:.0f}"})

@@ -47,7 +47,9 @@ async def test_spoken_question_gets_a_spoken_reply_in_a_valid_event_order(assist
 
 async def test_jfk_final_transcript_matches_offline(assistant, jfk_audio, transcriber):
     # jfk pauses for up to ~1.3 s mid-speech: a long hangover keeps it one turn.
-    conv = assistant.conversation(config(hangover_ms=2500, complete_hangover_ms=2500, auto_respond=False))
+    conv = assistant.conversation(
+        config(endpointing="fixed", hangover_ms=2500, max_silence_ms=2500, auto_respond=False)
+    )
     driver = Driver(conv)
     await driver.push(jfk_audio)
     await driver.push(silence(2800))
@@ -60,12 +62,12 @@ async def test_jfk_final_transcript_matches_offline(assistant, jfk_audio, transc
 
 
 async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(assistant, question_audio):
-    # A 400 ms pause: longer than the preemptive trigger (64 ms), well inside the hangover (700 ms here, so
-    # the test does not depend on Piper's random prosody moving the VAD's end of speech by ~100 ms).
+    # A 400 ms pause: longer than the preemptive trigger (64 ms), well inside a fixed 700 ms timer (so the
+    # test does not depend on Piper's random prosody moving the VAD's end of speech by ~100 ms).
     audio = question_audio(
         "Can you tell me the name of", "the largest planet in our solar system?", pause_ms=400
     )
-    conv = assistant.conversation(config(hangover_ms=700, complete_hangover_ms=700))
+    conv = assistant.conversation(config(endpointing="fixed", hangover_ms=700))
     driver = Driver(conv)
     await driver.push(audio)
     await driver.wait_for(lambda e: e.type == "metrics", "metrics")
@@ -79,6 +81,7 @@ async def test_user_resuming_after_a_short_pause_gets_no_stray_reply(assistant, 
     assert {e.reply_id for e in driver.events if hasattr(e, "reply_id")} == {started[0].reply_id}
     discarded = [r for r in replies if r.discarded]
     assert discarded, "a preemptive reply should have been started in the pause (and dropped)"
+    assert conv.stats["preemptive_discarded"] == len(discarded) and conv.stats["preemptive_used"] == 1
     final = driver.of_type("transcript_final")[0].text
     assert {"name", "largest", "planet"} <= set(words(final))
     user_turns = [m for m in conv.session.history if m["role"] == "user"]
@@ -122,7 +125,9 @@ async def test_barge_in_stops_the_reply_and_keeps_only_the_played_words(assistan
 async def test_two_conversations_share_models_without_sharing_state(assistant, question_audio):
     a = Driver(assistant.conversation(config()))
     b = Driver(assistant.conversation(config(output_sample_rate=16000)))
-    await asyncio.gather(a.push(question_audio("What color is the sky?")), b.conv.send_text("Name a fruit."))
+    # 2.5 s of silence after the question: the end of turn never needs more (max_silence_ms is 2 s).
+    await asyncio.gather(a.push(question_audio("What color is the sky?", tail_ms=2500)),
+                         b.conv.send_text("Name a fruit."))  # fmt: skip
     await asyncio.gather(
         a.wait_for(lambda e: e.type == "metrics", "metrics A"),
         b.wait_for(lambda e: e.type == "metrics", "metrics B"),

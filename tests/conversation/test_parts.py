@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from conv_helpers import words
 
-from asr.endpointing import reads_complete
 from asr.streaming import ShortWindowDecoder, StreamingTranscriber, common_prefix_length, loop_start
 from asr.vad import FRAME, StreamingVAD
 from tts.segmenter import Segmenter
@@ -43,13 +42,6 @@ def test_loop_guard_cuts_whisper_repetitions():
     assert loop_start("What is the capital of France? What is".split()) == 6
     assert loop_start("ask not what your country can do for you ask what you can do".split()) is None
     assert common_prefix_length(["Americans,", "ask"], ["americans", "asked"]) == 1
-
-
-def test_reads_complete():
-    assert reads_complete("What is the capital of France?")
-    assert not reads_complete("Tell me about the")
-    assert not reads_complete("I want to go to.")  # Whisper's full stop after a dangling word
-    assert not reads_complete("and so my fellow Americans")
 
 
 def test_segmenter_first_piece_is_short_and_nothing_is_lost():

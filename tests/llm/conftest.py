@@ -10,10 +10,15 @@ import torch
 
 @pytest.fixture(scope="session")
 def smol(llm_model_dir: Path):
-    """(target, tokenizer) for the real default model in fp32 on CPU."""
+    """(target, tokenizer) for the real default model in fp32 on CPU, prepared as the product prepares it
+    (fused q/k/v and gate/up projections; fp32 keeps dense weights)."""
+    from llm.backends import prepare_model, select_backend
     from llm.loading import load_model
 
-    return load_model(llm_model_dir, dtype=torch.float32, device="cpu")
+    target, tokenizer = load_model(llm_model_dir, dtype=torch.float32, device="cpu")
+    prepare_model(target, select_backend("cpu", "float32"), quant="auto", source=llm_model_dir)
+    assert target.layers[0].self_attn.qkv_proj is not None
+    return target, tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,7 @@ def near_tie(hf_smol, ids: list[int], ref: list[int], ours: list[int]) -> tuple[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("drafter", ["ngram", "model"])
+@pytest.mark.parametrize("drafter", ["ngram", "model", "head"])  # head: the shipped trained draft head
 def test_engine_greedy_matches_transformers(drafter, smol, hf_smol, reference, record_property):
     target, tokenizer = smol
     draft_model = self_draft(target) if drafter == "model" else None

@@ -66,3 +66,21 @@ def test_refusals(tmp_path):
     model = Transformer.random(args)
     with pytest.raises(ValueError, match="do not fit"):
         model(torch.tensor([1, 2, 3]), model.new_cache(4), 2)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_return_hidden_is_the_final_norm_state_of_the_logit_positions():
+    """Random weights (an API test): the hidden state must be what lm_head reads, at the same positions."""
+    from llm_testutil import random_model, tiny_args
+
+    model = random_model(tiny_args(), seed=3)
+    ids = torch.randint(0, 64, (9,))
+    plain = model(ids, model.new_cache(32), 0)
+    logits, hidden = model(ids, model.new_cache(32), 0, return_hidden=True)
+    assert hidden.shape == (1, 9, model.args.dim)
+    torch.testing.assert_close(logits, plain)
+    torch.testing.assert_close(model.lm_head(hidden)[0].float(), logits)
+    last, last_hidden = model(ids, model.new_cache(32), 0, last_only=True, return_hidden=True)
+    assert last_hidden.shape == (1, 1, model.args.dim)
+    torch.testing.assert_close(last_hidden[0, 0], hidden[0, -1])
+    torch.testing.assert_close(last, plain[-1:])

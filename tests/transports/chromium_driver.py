@@ -29,6 +29,8 @@ BASE_FLAGS = [
     "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
     "--remote-debugging-port=0",
+    "--window-size=1280,1080",
+    "--hide-scrollbars",
 ]
 
 
@@ -104,6 +106,16 @@ class Browser:
         if "exceptionDetails" in result:
             raise RuntimeError(f"page error: {result['exceptionDetails']}")
         return result.get("result", {}).get("value")
+
+    async def screenshot(self, path: Path) -> Path:
+        """Save the whole page as it is now (beyond the window too) as a PNG."""
+        import base64
+
+        size = (await self.call("Page.getLayoutMetrics"))["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = await self.call("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
 
     async def __aexit__(self, *exc: object) -> None:
         if self.ws is not None:

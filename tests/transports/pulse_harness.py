@@ -2,6 +2,7 @@
 
 Layout: `mic_feed` is a null sink whose monitor is the default source (what the app's microphone hears);
 `speakers` is a null sink set as the default sink (where the app's replies go), recorded from its monitor.
+`loop_speakers_into_mic` adds the echo of laptop speakers: a loopback from `speakers` into `mic_feed`.
 PortAudio reaches it through ALSA's pulse plugin (Debian libasound2-plugins), as on a desktop.
 """
 
@@ -86,6 +87,23 @@ class PulseServer:
             ],
             env=self.env,
         )
+
+    def loop_speakers_into_mic(self, latency_ms: int = 60) -> str:
+        """Mix what the app plays back into its microphone, as laptop speakers do (the echo): the
+        `speakers` monitor plays into `mic_feed` at full volume. Returns the module id for unload()."""
+        return self._run(
+            "pactl",
+            "load-module",
+            "module-loopback",
+            "source=speakers.monitor",
+            "sink=mic_feed",
+            f"latency_msec={latency_ms}",
+            "source_dont_move=true",
+            "sink_dont_move=true",
+        ).strip()
+
+    def unload(self, module_id: str) -> None:
+        self._run("pactl", "unload-module", module_id)
 
     def streams(self) -> dict[str, list[str]]:
         """Playback (sink-inputs) and recording (source-outputs) streams open on the server right now."""

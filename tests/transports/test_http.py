@@ -108,7 +108,7 @@ def test_session_update_accepts_ga_and_beta_shapes():
     )
     assert (beta.input_codec, beta.output_codec, beta.output_rate) == ("g711_alaw", "pcm16", 24000)
     changes = beta.conversation_changes()
-    assert changes["hangover_ms"] == 700 and changes["auto_respond"] is False
+    assert changes["max_silence_ms"] == 700 and changes["auto_respond"] is False
     semantic = parse_session_update(base, {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}})
     assert semantic.conversation_changes()["turn_detection"] == "semantic_vad"
     for bad in (
@@ -119,3 +119,48 @@ def test_session_update_accepts_ga_and_beta_shapes():
     ):
         with pytest.raises(ProtocolError):
             parse_session_update(base, bad)
+
+
+def test_host_allow_list_refuses_rebinding_names():
+    config = ServerConfig()
+    for host in ("127.0.0.1:8765", "localhost", "LOCALHOST:1", "[::1]:8765", "::1", "127.9.9.9", "a.localhost"):
+        assert http.host_allowed(config, host), host
+    for host in (None, "", "evil.example", "evil.example:8765", "127.0.0.1.evil.example", "192.168.1.5"):
+        assert not http.host_allowed(config, host), host
+    listed = ServerConfig(allowed_hosts=["voice.example.com", "other.example:9000"])
+    assert http.host_allowed(listed, "voice.example.com:8765")
+    assert http.host_allowed(listed, "other.example:9000") and not http.host_allowed(listed, "other.example:1")
+    public = ServerConfig(host="0.0.0.0", token="t")  # a wildcard bind with a token: IP literals too
+    assert http.host_allowed(public, "192.168.1.5:8765") and not http.host_allowed(public, "evil.example")
+    refused = http.admit(config, request("/healthz", Host="evil.example"), {})
+    assert refused.response.status_code == 421
+
+
+def test_bearer_check():
+    assert http.bearer_ok(ServerConfig(), None)
+    config = ServerConfig(token="s3cret")
+    assert http.bearer_ok(config, "Bearer s3cret") and http.bearer_ok(config, "bearer s3cret")
+    for bad in (None, "", "Bearer", "Bearer wrong", "Basic s3cret", "s3cret"):
+        assert not http.bearer_ok(config, bad), bad
+
+
+def test_redaction_masks_every_token_form():
+    from app.server.redact import add_secret, redact
+
+    add_secret("plain-secret-42")
+    line = "GET /?token=abc123&x=1 Authorization: Bearer xyz789 proto openai-insecure-api-key.k55 plain-secret-42"
+    clean = redact(line)
+    for secret in ("abc123", "xyz789", "k55", "plain-secret-42"):
+        assert secret not in clean
+    assert "x=1" in clean
+
+
+def test_token_file(tmp_path, capsys):
+    from app.commands.serve import read_token_file
+
+    path = tmp_path / "token"
+    path.write_text("  tok-from-file \nignored\n")
+    assert read_token_file(str(path)) == "tok-from-file"
+    (tmp_path / "empty").write_text("\n")
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0", "--token-file", str(tmp_path / "empty")]) == 2
+    assert "is empty" in capsys.readouterr().err

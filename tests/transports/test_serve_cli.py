@@ -36,7 +36,7 @@ def test_serve_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path):
             health = json.load(resp)
         assert health["status"] == "ok" and health["sessions"] == 0 and health["max_sessions"] == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as resp:
-            assert b"<title>specvoice</title>" in resp.read()
+            assert b"<title>specvoice" in resp.read()
         with connect(f"ws://127.0.0.1:{port}/v1/realtime?model=anything") as ws:
             assert json.loads(ws.recv(timeout=60))["type"] == "session.created"
         proc.send_signal(signal.SIGINT)

@@ -101,3 +101,87 @@ async def test_talk_hears_the_question_and_speaks_the_reply(pulse_server, assist
 
     audio, _ = soundfile.read(recording, dtype="float32")
     assert audio.size and np.abs(audio).max() > 0.02, "the reply should have reached the speakers"
+
+
+async def test_echo_cancelling_talk_never_answers_itself_and_stops_when_interrupted(
+    pulse_server, assistant, tmp_path
+):
+    """Laptop speakers, no headset: everything the app plays is mixed back into its microphone at full
+    volume. With echo cancellation and full duplex, the first reply plays to its end without the assistant
+    taking its own voice for the user; during the second reply a person (espeak-ng) speaks over it and
+    the reply stops, and what they said is heard."""
+    import sounddevice
+    from spoken import ESPEAK, espeak_wav
+
+    from app.commands.talk import PlaybackBuffer, Printer, talk_loop
+    from app.echo import unavailable
+
+    if unavailable() is not None or ESPEAK is None:
+        pytest.skip(unavailable() or "espeak-ng is not installed")
+    # A request for a long reply: the interruption must land while it plays, even on a slow, busy box.
+    second_question = espeak_wav("Tell me a long story about a dragon.", tmp_path / "story.wav")
+    interruption = espeak_wav("Stop. Please tell me a joke instead.", tmp_path / "stop.wav")
+    lines: list[str] = []
+    new_line = asyncio.Condition()
+
+    class Recorder(Printer):
+        def partial(self, text: str) -> None:
+            pass
+
+        def line(self, text: str) -> None:
+            lines.append(text)
+            asyncio.get_running_loop().create_task(notify())
+
+    async def notify() -> None:
+        async with new_line:
+            new_line.notify_all()
+
+    async def until(predicate, timeout_s: float) -> None:
+        try:
+            async with new_line:
+                await asyncio.wait_for(new_line.wait_for(lambda: predicate() or talk.done()), timeout_s)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"timed out after {timeout_s} s; so far: {lines}") from None
+        if talk.done():
+            talk.result()  # raises what ended it
+            raise AssertionError(f"talk ended early: {lines}")
+
+    def heard() -> list[str]:
+        return [line for line in lines if line.startswith("you:")]
+
+    sounddevice._terminate()  # PortAudio caches devices: re-scan to see this test's sound server
+    sounddevice._initialize()
+    echo_module = pulse_server.loop_speakers_into_mic()
+    config = make_config(max_reply_tokens=48)
+    conv_config = dataclasses.replace(config.conversation, echo_policy="full_duplex")
+    playback = PlaybackBuffer()
+    talk = asyncio.create_task(
+        talk_loop(assistant, conv_config, sounddevice, printer=Recorder(), playback=playback, aec=True)
+    )
+    talk.add_done_callback(lambda _: asyncio.get_running_loop().create_task(notify()))
+    try:
+        await until(lambda: any(line.startswith("listening") for line in lines), 60)
+        pulse_server.speak(QUESTION_WAV).wait(30)
+        await until(lambda: any(line.startswith("assistant") for line in lines), 180)
+        assert await asyncio.to_thread(playback.idle.wait, 120), "the first reply never finished playing"
+        # Its whole echo went back into the microphone; now the second question (a different voice).
+        pulse_server.speak(second_question).wait(30)
+        await until(lambda: len(heard()) >= 2, 120)
+        assert await asyncio.to_thread(playback.sounding.wait, 120), "the second reply never played"
+        pulse_server.speak(interruption).wait(30)
+        await until(lambda: any("(interrupted)" in line for line in lines) and len(heard()) >= 3, 120)
+    finally:
+        talk.cancel()
+        await asyncio.gather(talk, return_exceptions=True)
+        pulse_server.unload(echo_module)
+        sounddevice._terminate()
+        sounddevice._initialize()
+    said = [line for line in lines if line.startswith("assistant")]
+    first_reply, second_reply = said[0], said[1]
+    assert mentions_mountain(heard()[0]), lines
+    assert not first_reply.startswith("assistant (interrupted)"), f"it interrupted itself: {lines}"
+    assert "dragon" in heard()[1].lower(), f"its own echo was taken for the user: {lines}"
+    assert second_reply.startswith("assistant (interrupted)"), lines
+    # The words said over the reply reach the conversation (the canceller damages the first of them
+    # while both voices overlap, as double talk does; the sentence is not checked word for word).
+    assert len(heard()[2].split()) >= 3, lines

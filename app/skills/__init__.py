@@ -1,0 +1,1 @@
+"""Built-in skills: tools with their own storage (off by default)."""

@@ -1,0 +1,246 @@
+"""Tools for the Python API: typed Python functions become JSON-schema tools the model can call.
+
+    tools = ToolRegistry()
+
+    @tools.register
+    def add_guest(event: str, name: str, rsvp: Literal["yes", "no", "maybe"] = "maybe", plus_ones: int = 0):
+        '''Add a guest to an event.
+
+        Args:
+            event: the event's name
+            name: the guest's name
+        '''
+
+    result = await tools.call("add_guest", {"event": "party", "name": "Maria"})   # ToolResult
+
+The schema comes from the type hints (str, int, float, bool, Literal, Enum, list[...], X | None) and the
+docstring (first paragraph: the description; Google-style `Args:` lines: the parameters'). Parameters
+without a default are required. Sync functions run in a worker thread, async ones on the loop; each call
+has a timeout. A failure (bad arguments, an exception, a timeout) is a `ToolResult` with `error` set, never
+an exception: it goes back to the model as the result, so the conversation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import json
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llm.tool_format import ToolSpec
+
+DEFAULT_TIMEOUT_S = 10.0
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class ToolError(ValueError):
+    """A function that cannot be a tool (an unsupported type hint, a bad name)."""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    name: str
+    output: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def for_model(self) -> Any:
+        """What the model reads back: the output, or the error in words."""
+        return self.output if self.ok else {"error": self.error}
+
+
+@dataclass(frozen=True)
+class Tool:
+    spec: ToolSpec
+    function: Callable[..., Any]
+    timeout_s: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class ToolRegistry:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._tools: dict[str, Tool] = {}
+
+    def register(self, function: Callable[..., Any] | None = None, *, name: str | None = None,
+                 timeout_s: float | None = None):  # fmt: skip
+        """Register a function (usable as `@register` or `@register(name=..., timeout_s=...)`)."""
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            spec = spec_from_function(fn, name)
+            if spec.name in self._tools:
+                raise ToolError(f"a tool named {spec.name!r} is already registered")
+            self._tools[spec.name] = Tool(spec, fn, timeout_s if timeout_s is not None else self.timeout_s)
+            return fn
+
+        return add(function) if function is not None else add
+
+    @property
+    def specs(self) -> list[ToolSpec]:
+        return [t.spec for t in self._tools.values()]
+
+    def tool(self, name: str) -> Tool:
+        return self._tools[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    async def call(self, name: str, arguments: dict[str, Any] | str) -> ToolResult:
+        """Run a tool; every failure becomes a ToolResult with `error` (see the module docstring)."""
+        tool = self._tools.get(name)
+        if tool is None:
+            return ToolResult(name, error=f"unknown tool {name!r}; tools: {', '.join(self._tools) or 'none'}")
+        try:
+            if isinstance(arguments, str):
+                arguments = json.loads(arguments or "{}")
+            kwargs = _bind(tool, arguments)
+        except (ValueError, TypeError) as exc:
+            return ToolResult(name, error=f"bad arguments: {exc}")
+        try:
+            if inspect.iscoroutinefunction(tool.function):
+                output = await asyncio.wait_for(tool.function(**kwargs), tool.timeout_s)
+            else:  # a thread cannot be stopped: on a timeout its result is abandoned
+                output = await asyncio.wait_for(asyncio.to_thread(tool.function, **kwargs), tool.timeout_s)
+        except asyncio.TimeoutError:
+            return ToolResult(name, error=f"timed out after {tool.timeout_s:g} s")
+        except Exception as exc:  # the tool's own failure is reported to the model, not raised
+            return ToolResult(name, error=f"{type(exc).__name__}: {exc}")
+        return ToolResult(name, output=_jsonable(output))
+
+
+def _bind(tool: Tool, arguments: Any) -> dict[str, Any]:
+    if not isinstance(arguments, dict):
+        raise ValueError("arguments must be a JSON object")
+    props = tool.spec.parameters.get("properties", {})
+    unknown = set(arguments) - set(props)
+    if unknown:
+        raise ValueError(f"unknown argument(s) {sorted(unknown)}")
+    missing = [n for n in tool.spec.parameters.get("required", []) if n not in arguments]
+    if missing:
+        raise ValueError(f"missing argument(s) {missing}")
+    hints = typing.get_type_hints(tool.function)
+    return {k: _convert(v, hints.get(k), props[k], k) for k, v in arguments.items()}
+
+
+def _convert(value: Any, hint: Any, schema: dict[str, Any], where: str) -> Any:
+    """Check a JSON value against its parameter's schema and give the function its declared type."""
+    if "enum" in schema:
+        if value not in schema["enum"]:
+            raise ValueError(f"{where}: {value!r} is not one of {schema['enum']}")
+        base = _strip_optional(hint)
+        return base(value) if isinstance(base, type) and issubclass(base, enum.Enum) else value
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "null": lambda v: v is None, "array": lambda v: isinstance(v, list)}  # fmt: skip
+    if not any(checks.get(k, lambda v: False)(value) for k in kinds):
+        raise ValueError(f"{where}: expected {'/'.join(map(str, kinds))}, got {type(value).__name__}")
+    if isinstance(value, list):
+        return [_convert(v, None, schema["items"], f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _jsonable(output: Any) -> Any:
+    try:
+        json.dumps(output)
+        return output
+    except (TypeError, ValueError):
+        return str(output)
+
+
+# -- schema from a function --------------------------------------------------------------------------
+def spec_from_function(fn: Callable[..., Any], name: str | None = None) -> ToolSpec:
+    name = name or fn.__name__
+    if not _NAME.fullmatch(name):
+        raise ToolError(f"tool name {name!r}: letters, digits and _ only (at most 64)")
+    description, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+    hints = typing.get_type_hints(fn)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolError(f"{name}: *args/**kwargs cannot be described to the model")
+        if param.name not in hints:
+            raise ToolError(f"{name}: parameter {param.name!r} needs a type hint")
+        schema = _schema_for(hints[param.name], f"{name}.{param.name}")
+        if param.name in arg_docs:
+            schema["description"] = arg_docs[param.name]
+        properties[param.name] = schema
+        if param.default is inspect.Parameter.empty:
+            required.append(param.name)
+    parameters = {"type": "object", "properties": properties, "required": required,
+                  "additionalProperties": False}  # fmt: skip
+    return ToolSpec(name, description or name.replace("_", " "), parameters)
+
+
+def _strip_optional(hint: Any) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else hint
+    return hint
+
+
+def _schema_for(hint: Any, where: str) -> dict[str, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is str:
+        return {"type": "string"}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer"}
+    if hint is float:
+        return {"type": "number"}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return {"enum": [m.value for m in hint]}
+    if origin is list and len(args) == 1:
+        return {"type": "array", "items": _schema_for(args[0], where)}
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = _schema_for(_strip_optional(hint), where)
+        if "enum" in inner:
+            return {"enum": [*inner["enum"], None]}
+        return {**inner, "type": [inner["type"], "null"]}
+    raise ToolError(
+        f"{where}: unsupported type {hint!r} (str, int, float, bool, Literal, Enum, list, X | None)"
+    )
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(first paragraph, {arg: description}) from a Google-style docstring."""
+    paragraphs = doc.split("\n\n")
+    description = (
+        " ".join(paragraphs[0].split()) if paragraphs and not paragraphs[0].startswith("Args:") else ""
+    )
+    args: dict[str, str] = {}
+    section = re.search(r"^Args:\s*\n((?:[ \t]+.*\n?)+)", doc, re.MULTILINE)
+    if section:
+        current = None
+        for line in section.group(1).splitlines():
+            match = re.match(r"\s+(\w+)(?:\s*\([^)]*\))?:\s*(.*)", line)
+            if match and (current is None or len(line) - len(line.lstrip()) <= args.get("_indent", 99)):
+                current = match.group(1)
+                args[current] = match.group(2).strip()
+                args["_indent"] = len(line) - len(line.lstrip())  # type: ignore[assignment]
+            elif current and line.strip():
+                args[current] += " " + line.strip()
+        args.pop("_indent", None)
+    return description, args

@@ -1,0 +1,359 @@
+"""Generate the end-of-turn training set, measure both signals on it, fit the fusion rule.
+
+    .venv/bin/python scripts/fit_turn_fusion.py [--features /tmp/turn_features.jsonl] [--write]
+
+Training set (made here, never the benchmark's questions, nor the tests' sentences): SENTENCES below, each
+spoken complete and cut at a random word boundary, by three voices that `bench voice` does not use -- Piper
+joe (the assistant's own voice), flite "rms" and flite "awb" -- with 300 ms of silence before, a pause of
+200-1500 ms after the cut (what the speaker would pause before going on; the cut is made in the
+complete sentence's audio at a word boundary, see make_clips), and background noise (white or
+babble-like brown noise at 10-20 dB SNR) on a third of the clips. For each clip, at the moment the
+conversation would ask (the speech plus 96 ms of silence): Smart Turn's P(complete) on the audio, and the
+LLM's P(end of turn) after Whisper's transcript of it (short-window decoder, as in the conversation).
+
+Fit: logistic regression (numpy, Newton steps, light L2) of complete vs cut, for both signals and each one
+alone, on the sentences of the training split (2/3); thresholds per eagerness (shaping a graded wait,
+asr.endpointing.graded_wait) by a grid search on the training split: the shortest mean + 0.25 x p95 wait on
+complete clips whose simulated false-endpoint share on cut clips (wait < their pause) stays within the
+eagerness's budget; reported on the held-out third. --write
+saves asr/data/turn_fusion.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RATE = 16000
+SENTENCES = [
+    "Could you set an alarm for seven thirty tomorrow morning?",
+    "I need a table for four people at the Italian place downtown.",
+    "Please turn off the lights in the living room.",
+    "How many ounces are there in a pound?",
+    "Send a message to Sarah saying I will be ten minutes late.",
+    "What time does the pharmacy on Main Street close tonight?",
+    "Add eggs, milk and bread to my shopping list.",
+    "Can you recommend a good book about ancient Rome?",
+    "I would like to change my flight to Thursday afternoon.",
+    "Tell me a joke about penguins.",
+    "How long should I boil an egg for a soft yolk?",
+    "Start a timer for twenty five minutes.",
+    "Which planet has the most moons?",
+    "My package was supposed to arrive on Monday but it never came.",
+    "Translate good evening into Spanish.",
+    "Why do cats purr when they are happy?",
+    "Book a doctor's appointment for next Wednesday at noon.",
+    "What is the difference between weather and climate?",
+    "Remind me to water the plants every Sunday evening.",
+    "The heating in my apartment stopped working last night.",
+    "How do I reset the password on my laptop?",
+    "Play the latest episode of my favourite podcast.",
+    "Who wrote the novel Pride and Prejudice?",
+    "I am looking for a cheap hotel near the train station.",
+    "Can you explain how vaccines train the immune system?",
+    "Call the plumber and ask him to come on Friday.",
+    "What should I cook for dinner with chicken and rice?",
+    "How many steps did I walk yesterday?",
+    "Please read me the headlines from this morning.",
+    "Is it going to snow in the mountains this weekend?",
+    "I want to cancel my subscription to the gym.",
+    "Give me directions to the nearest gas station.",
+    "What year did the first person walk on the moon?",
+    "Turn the volume down a little bit.",
+    "How much water should a grown adult drink each day?",
+    "Find me a recipe for a chocolate cake without eggs.",
+    "My account number is nine eight seven six five.",
+    "Let me know when the laundry is done.",
+    "Where did I park the car this morning?",
+    "Schedule a call with the marketing team for Tuesday.",
+    "Can you spell the word necessary for me?",
+    "What is the tallest building in the world?",
+]
+VOICES = ("joe", "rms", "awb")
+
+
+# --- clips -------------------------------------------------------------------------------------------
+def synth(text: str, voice: str, piper) -> np.ndarray:
+    from app.audio import resample, to_float32
+
+    if voice == "joe":
+        return resample(to_float32(piper.synthesize_all(text)), piper.sample_rate, RATE)
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "x.wav"
+        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(wav)], check=True, capture_output=True)
+        audio, rate = sf.read(wav, dtype="float32")
+    return resample(audio, rate, RATE)
+
+
+def trim(audio: np.ndarray, floor: float = 2e-3) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(audio) > floor)
+    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
+
+
+def add_noise(audio: np.ndarray, rng: np.random.Generator, snr_db: float, kind: str) -> np.ndarray:
+    noise = rng.standard_normal(audio.size)
+    if kind == "brown":  # low-frequency rumble, closer to a room with people in it than white noise
+        noise = np.cumsum(noise)
+        noise -= np.convolve(noise, np.ones(400) / 400, mode="same")
+    speech_power = np.mean(audio[np.abs(audio) > 1e-3] ** 2) if np.any(np.abs(audio) > 1e-3) else 1e-4
+    noise *= np.sqrt(speech_power / (10 ** (snr_db / 10)) / np.mean(noise**2))
+    return (audio + noise).astype(np.float32)
+
+
+def cut_point(audio: np.ndarray, words: list, k: int) -> int | None:
+    """Sample index of the quietest 10 ms between aligned word k-1 and word k (the word boundary)."""
+    if k <= 0 or k >= len(words):
+        return None
+    lo = int(max(0.0, words[k - 1].end - 0.06) * RATE)
+    hi = int(min(audio.size / RATE, words[k].start + 0.06) * RATE)
+    if hi - lo < 160:
+        return int(words[k - 1].end * RATE)
+    frames = [(float(np.mean(audio[i : i + 160] ** 2)), i) for i in range(lo, hi - 160, 80)]
+    return min(frames)[1] + 80
+
+
+def make_clips(transcriber, seed: int = 7) -> list[dict]:
+    """Each sentence spoken whole by each voice; the cut clip is the *same audio* cut at a word boundary
+    (found by Whisper's word alignment), so it keeps the mid-sentence prosody of a speaker who goes on --
+    synthesising the fragment as text would give it a finished sentence's falling pitch."""
+    from app.profiles import TTS_JOE
+    from app.store import fetch
+    from tts.piper_voice import Voice
+
+    rng = np.random.default_rng(seed)
+    piper = Voice(fetch(TTS_JOE, progress=False))
+    clips = []
+    for i, sentence in enumerate(SENTENCES):
+        n_words = len(sentence.split())
+        cut_at = int(rng.integers(2, n_words - 1))  # at least two words said, at least two to come
+        for voice in VOICES:
+            speech = trim(synth(sentence, voice, piper))
+            aligned = transcriber.transcribe(speech, word_timestamps=True).words
+            cut = cut_point(speech, aligned, min(cut_at, len(aligned) - 1))
+            for complete in (True, False):
+                if not complete and cut is None:
+                    continue
+                part = speech if complete else speech[:cut]
+                tail = 96  # ms of silence when the conversation asks (the first silent VAD frames)
+                audio = np.concatenate([np.zeros(int(0.3 * RATE)), part, np.zeros(tail * RATE // 1000)])
+                noisy = rng.random() < 1 / 3
+                snr = float(rng.uniform(10, 20))
+                kind = str(rng.choice(["white", "brown"]))
+                if noisy:
+                    audio = add_noise(audio, rng, snr, kind)
+                clips.append({
+                    "sentence": i, "voice": voice, "complete": complete,
+                    "text": sentence if complete else " ".join(w.text.strip() for w in aligned[:cut_at]),
+                    "pause_ms": None if complete else float(rng.uniform(200, 1500)),
+                    "noise": f"{kind} {snr:.0f} dB" if noisy else None,
+                    "audio": audio.astype(np.float32),
+                })
+    return clips
+
+
+# --- signals -----------------------------------------------------------------------------------------
+def measure(assistant, clips: list[dict]) -> list[dict]:
+    from app.profiles import SMART_TURN
+    from app.store import fetch
+    from asr.smart_turn import SmartTurn
+    from asr.streaming import ShortWindowDecoder
+
+    decoder = ShortWindowDecoder(assistant.transcriber.model)
+    smart = SmartTurn(fetch(SMART_TURN, progress=False))
+    rows = []
+    for n, clip in enumerate(clips):
+        transcript = decoder.decode(clip["audio"]).text.strip()
+        session = assistant.new_session()
+        p_text = session.end_of_turn_probability(transcript) if transcript else 0.0
+        p_audio = smart.probability(clip["audio"])
+        row = {k: v for k, v in clip.items() if k != "audio"}
+        row.update(transcript=transcript, p_audio=p_audio, p_text=p_text)
+        rows.append(row)
+        if n % 20 == 0:
+            print(f"{n}/{len(clips)} {row['voice']} {row['complete']} a={p_audio:.2f} t={p_text:.4f} "
+                  f"{transcript!r}", flush=True)
+    return rows
+
+
+# --- fit ---------------------------------------------------------------------------------------------
+def features(rows: list[dict], use: str) -> np.ndarray:
+    from asr.endpointing import audio_feature, text_feature
+
+    cols = [np.ones(len(rows))]
+    if use in ("both", "audio_only"):
+        cols.append(np.array([audio_feature(r["p_audio"]) for r in rows]))
+    if use in ("both", "text_only"):
+        cols.append(np.array([text_feature(r["p_text"]) for r in rows]))
+    return np.stack(cols, axis=1)
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 0.1) -> np.ndarray:
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-x @ w))
+        grad = x.T @ (p - y) + l2 * np.r_[0, w[1:]]
+        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.diag(np.r_[0, np.ones(x.shape[1] - 1)])
+        w -= np.linalg.solve(hess, grad)
+    return w
+
+
+def to_model(w: np.ndarray, use: str) -> dict[str, float]:
+    if use == "both":
+        return {"bias": float(w[0]), "w_audio": float(w[1]), "w_text": float(w[2])}
+    if use == "audio_only":
+        return {"bias": float(w[0]), "w_audio": float(w[1]), "w_text": 0.0}
+    return {"bias": float(w[0]), "w_audio": 0.0, "w_text": float(w[1])}
+
+
+# The false-endpoint share each eagerness accepts on the training split's cut clips (with their pauses):
+# points on the trade-off curve between fast replies to finished sentences and cutting the user off.
+FALSE_ENDPOINT_BUDGET = {"low": 0.03, "medium": 0.05, "auto": 0.05, "high": 0.08}
+HANGOVER_MS, CAP_MS = 500, 2000
+LONG_MS_GRID = range(800, CAP_MS + 1, 100)  # candidate longest waits (max_silence_ms caps them at run time)
+P95_WEIGHT = 0.25  # the objective: mean wait on complete clips + this x their p95 wait (the tail matters)
+
+
+def graded_waits(p: np.ndarray, lo: float, hi: float, cap: float = CAP_MS) -> np.ndarray:
+    """asr.endpointing.graded_wait, vectorised (same formula)."""
+    from asr.endpointing import SHORT_MS
+
+    def logit(x):
+        x = np.clip(x, 1e-9, 1 - 1e-9)
+        return np.log(x / (1 - x))
+
+    span = logit(hi) - logit(lo)
+    t = (logit(p) - logit(lo)) / span if span > 0 else np.zeros_like(p)
+    wait = cap + np.clip(t, 0.0, 1.0) * (SHORT_MS - cap)
+    return np.where(p >= hi, SHORT_MS, np.where(p <= lo, cap, wait))
+
+
+def thresholds(p_complete: np.ndarray, p_cut: np.ndarray, pauses: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per eagerness, the (unfinished, complete, long_ms) triple shaping the graded wait that gives complete clips the
+    shortest mean (+ weighted p95) wait while cut clips end inside their pause no more often than the
+    budget allows."""
+    grid = np.unique(np.quantile(np.concatenate([p_complete, p_cut]), np.linspace(0, 1, 81)))
+    grid = np.unique(np.concatenate([grid, [1e-6, 1.0 - 1e-9]]))
+    out = {}
+    for name, budget in FALSE_ENDPOINT_BUDGET.items():
+        best = None
+        for long_ms in LONG_MS_GRID:
+            for i, lo in enumerate(grid):
+                for hi in grid[i:]:
+                    false = np.mean(graded_waits(p_cut, lo, hi, long_ms) < pauses)
+                    if false > budget:
+                        continue
+                    wait = graded_waits(p_complete, lo, hi, long_ms)
+                    key = (float(np.mean(wait) + P95_WEIGHT * np.quantile(wait, 0.95)), -float(hi))
+                    if best is None or key < best[0]:
+                        best = (key, float(lo), float(hi), float(long_ms))
+        assert best is not None
+        out[name] = {"complete": round(best[2], 6), "unfinished": round(best[1], 6), "long_ms": best[3]}
+    return out
+
+
+def evaluate(rows: list[dict], params, eagerness: str, hangover: float = HANGOVER_MS, cap: float = CAP_MS) -> dict:
+    from asr.endpointing import decide
+
+    waits, false_end = [], []
+    for r in rows:
+        d = decide(r["p_audio"], r["p_text"], eagerness=eagerness, hangover_ms=hangover, max_silence_ms=cap,
+                   params=params)
+        if r["complete"]:
+            waits.append(d.wait_ms)
+        else:
+            false_end.append(d.wait_ms < r["pause_ms"])
+    w = np.array(waits)
+    return {"complete_wait_p50_ms": float(np.median(w)), "complete_wait_p90_ms": float(np.quantile(w, 0.9)),
+            "complete_wait_p95_ms": float(np.quantile(w, 0.95)), "complete_cap_share": float(np.mean(w >= cap)),
+            "complete_short_share": float(np.mean(w <= 150)),
+            "cut_false_endpoint_share": float(np.mean(false_end)), "n_complete": len(waits),
+            "n_cut": len(false_end)}
+
+
+def fit(rows: list[dict]) -> tuple[dict, dict]:
+    from asr.endpointing import load_params
+
+    sentences = sorted({r["sentence"] for r in rows})
+    rng = random.Random(3)
+    held = set(rng.sample(sentences, len(sentences) // 3))
+    train = [r for r in rows if r["sentence"] not in held]
+    test = [r for r in rows if r["sentence"] in held]
+    y = np.array([1.0 if r["complete"] else 0.0 for r in train])
+    models = {use: to_model(logistic_fit(features(train, use), y), use)
+              for use in ("both", "audio_only", "text_only")}
+    w = models["both"]
+    from asr.endpointing import Logistic
+
+    both = Logistic(**w)
+    p_cut = np.array([both.probability(r["p_audio"], r["p_text"]) for r in train if not r["complete"]])
+    p_complete = np.array([both.probability(r["p_audio"], r["p_text"]) for r in train if r["complete"]])
+    pauses = np.array([r["pause_ms"] for r in train if not r["complete"]])
+    data = {
+        "models": models,
+        "thresholds": thresholds(p_complete, p_cut, pauses),
+        "fitted_on": {
+            "clips": len(train), "sentences": len(sentences) - len(held), "voices": list(VOICES),
+            "script": "scripts/fit_turn_fusion.py", "date": time.strftime("%Y-%m-%d"),
+        },
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(data, f)
+    params = load_params(Path(f.name))
+    report = {}
+    for split, part in (("train", train), ("held_out", test)):
+        for eagerness in ("low", "medium", "auto", "high"):
+            report[f"{split}/{eagerness}"] = evaluate(part, params, eagerness)
+        # single signals, as the rule uses them when the other is late
+        for use in ("audio_only", "text_only"):
+            only = [{**r, "p_text": None} if use == "audio_only" else {**r, "p_audio": None} for r in part]
+            report[f"{split}/auto/{use}"] = evaluate(only, params, "auto")
+        report[f"{split}/fixed 500 ms"] = {
+            "cut_false_endpoint_share": float(np.mean([r["pause_ms"] > 500 for r in part if not r["complete"]]))
+        }
+    data["fitted_on"]["held_out"] = report["held_out/auto"]
+    return data, report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--features", type=Path, default=Path("/tmp/turn_features.jsonl"),
+                    help="measured signals (re-used when present; delete to measure again)")
+    ap.add_argument("--write", action="store_true", help="save asr/data/turn_fusion.json")
+    args = ap.parse_args()
+    if args.features.exists():
+        rows = [json.loads(line) for line in args.features.read_text().splitlines()]
+    else:
+        from app.assistant import Assistant
+        from app.config import load_config
+
+        assistant = Assistant.load(load_config(environ={}))
+        rows = measure(assistant, make_clips(assistant.transcriber))
+        args.features.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data, report = fit(rows)
+    for name, numbers in report.items():
+        print(f"{name:<28} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in numbers.items()))
+    print(json.dumps(data["models"], indent=1), json.dumps(data["thresholds"], indent=1))
+    if args.write:
+        out = ROOT / "asr" / "data" / "turn_fusion.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Tool calls written by the real SmolLM2 through a Session: valid JSON for the schema, kept in the history."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from llm.tool_format import (
+    ToolSpec,
+    call_probability,
+    parse_call,
+    style_for,
+    tool_response,
+    tools_prompt,
+    write_call,
+)
+
+TOOLS = [
+    ToolSpec("add_guest", "Add a guest to an event.", {
+        "type": "object",
+        "properties": {"event": {"type": "string", "maxLength": 40}, "name": {"type": "string", "maxLength": 40},
+                       "dietary": {"enum": ["none", "vegetarian", "vegan", "gluten-free"]}},
+        "required": ["event", "name", "dietary"]}),
+    ToolSpec("plan_evening", "Plan an event's itinerary between two hours.", {
+        "type": "object",
+        "properties": {"event": {"type": "string", "maxLength": 40},
+                       "start_hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                       "end_hour": {"type": "integer", "minimum": 0, "maximum": 23}},
+        "required": ["event", "start_hour", "end_hour"]}),
+]  # fmt: skip
+
+
+@pytest.fixture
+def tool_session(smol):
+    """One torch thread: a 1-token forward per step is dominated by thread synchronisation otherwise."""
+    from llm.session import Session
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    style = style_for(smol[1])
+    yield Session(smol, system_prompt="You are a party planner.\n\n" + tools_prompt(TOOLS, style), seed=0)
+    torch.set_num_threads(threads)
+
+
+def test_smollm2_gets_the_compact_format(smol):
+    assert style_for(smol[1]) == "compact"
+    assert "add_guest(event: string, name: string" in tools_prompt(TOOLS, "compact")
+    assert "<tools>" in tools_prompt(TOOLS, "qwen")
+
+
+def test_written_call_is_valid_and_joins_the_history(tool_session):
+    tool_session.extend("Add Maria to Saturday's party, she's vegetarian.")
+    p_call = call_probability(tool_session)
+    assert 0.0 <= p_call <= 1.0
+    call = write_call(tool_session, TOOLS)
+    spec = next(t for t in TOOLS if t.name == call.name)
+    jsonschema.validate(call.arguments, spec.parameters)
+    assert parse_call(call.text) == (call.name, call.arguments)
+    assert tool_session.history[-1] == {"role": "assistant", "content": call.text}
+    # the result goes back as a user turn and the model answers it as usual
+    tool_session.extend(tool_response({"ok": True, "guest": call.arguments.get("name")}))
+    answer = "".join(d.text for d in tool_session.generate(max_tokens=12))
+    assert answer.strip()
+
+
+def test_sampled_calls_stay_valid(tool_session):
+    gen = torch.Generator().manual_seed(3)
+    from llm.sampling import SamplingParams
+
+    for prompt in ("Plan the evening from seven to eleven.", "Put Sam on the list for the picnic."):
+        tool_session.extend(prompt)
+        call = write_call(tool_session, TOOLS, SamplingParams(1.5), gen)
+        jsonschema.validate(call.arguments, next(t for t in TOOLS if t.name == call.name).parameters)
+        json.loads(call.text.split("\n")[1])
+        tool_session.extend(tool_response("done"))
+        list(tool_session.generate(max_tokens=4))
