@@ -91,3 +91,30 @@ def assistant(asr_model_path, tts_model_path, llm_model_dir):
     from app.config import load_config
 
     return Assistant.load(load_config(environ={}))
+
+
+# -- the default LLM's tokenizer and weights, for the tools and skills tests (tests/llm has its own `smol`,
+# prepared as the product prepares it) -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def smol_tokenizer(llm_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(llm_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smol_vocab(smol_tokenizer):
+    """The tokenizer's vocabulary as constrained decoding sees it, built once."""
+    from llm.token_mask import Vocabulary
+
+    return Vocabulary.of(smol_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def smol(llm_model_dir: Path):
+    """(target, tokenizer) of the real default model in fp32 on CPU, loaded once."""
+    import torch
+
+    from llm.loading import load_model
+
+    return load_model(llm_model_dir, dtype=torch.float32, device="cpu")
