@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from llm_testutil import PROMPTS, SYSTEM, random_model, tiny_args
+from llm_testutil import PROMPTS, SYSTEM, random_model, tiny_args, two_token_chi2
 
 from llm.draft_head import METADATA, DraftHead, DraftHeadError, HeadConfig, HeadDrafter, load_head
-from llm.engine import AdaptiveK, Engine, generate_ids, speculative_step
-from llm.sampling import SamplingParams, probabilities
+from llm.engine import AdaptiveK, Engine, generate_ids
+from llm.sampling import SamplingParams
 from llm.session import Session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,15 +79,6 @@ def test_draft_q_is_a_full_vocabulary_distribution_zero_outside_the_draft_vocabu
     assert all(int(t) in head.draft_vocab.tolist() for t in draft.tokens)
 
 
-def exact_two_token_law(target, context: list[int], params: SamplingParams) -> torch.Tensor:
-    cache = target.new_cache(64)
-    p1 = probabilities(target(torch.tensor(context), cache, 0)[-1], params)
-    joint = torch.zeros(VOCAB, VOCAB)
-    for t1 in range(VOCAB):
-        joint[t1] = p1[t1] * probabilities(target(torch.tensor([t1]), cache, len(context))[-1], params)
-    return joint.flatten()
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_sampling_with_head_keeps_the_target_law(tiny):
     """3 000 speculative replies from one prefix: the first two tokens follow the target's joint law
@@ -97,26 +87,13 @@ def test_sampling_with_head_keeps_the_target_law(tiny):
     target, head = tiny
     params = SamplingParams(temperature=1.0)
     context = [1, 5, 2, 7, 3]
-    expected = exact_two_token_law(target, context, params)
     cache, drafter, g = target.new_cache(64), HeadDrafter(head, target, 64), torch.Generator().manual_seed(3)
     _, hidden = target(torch.tensor(context[:-1]), cache, 0, return_hidden=True)
     drafter.observe(0, context[:-1], hidden)
-    draws, counts, accepted = 3_000, torch.zeros(VOCAB * VOCAB), 0
-    for _ in range(draws):
-        step = speculative_step(target, cache, context, drafter, 2, params, g)
-        tokens = step.tokens
-        accepted += step.accepted
-        if len(tokens) == 1:
-            tokens = tokens + speculative_step(target, cache, context + tokens, drafter, 2, params, g).tokens
-        counts[tokens[0] * VOCAB + tokens[1]] += 1
-    cells = expected * draws >= 5
-    exp_counts = expected[cells] * draws
-    chi2 = float(((counts[cells] - exp_counts) ** 2 / exp_counts).sum())
-    df = int(cells.sum()) - 1
-    c = 2.0 / (9.0 * df)
-    critical = df * (1.0 - c + 3.719 * math.sqrt(c)) ** 3
+    draws = 3_000
+    chi2, critical, accepted, rare = two_token_chi2(target, cache, context, drafter, params, g, draws, VOCAB)
     assert accepted > 0
-    assert chi2 < critical, f"chi2={chi2:.1f} >= {critical:.1f} (df={df})"
+    assert chi2 < critical, f"chi2={chi2:.1f} >= {critical:.1f}"
 
 
 # -- the shipped file -------------------------------------------------------------------------------------
