@@ -20,6 +20,7 @@ from app.store import fetch
 if TYPE_CHECKING:
     from app.conversation import Conversation
     from app.reply_stream import Lanes
+    from app.tools import ToolRegistry
     from asr.whisper import Transcriber
     from llm.engine import Engine
     from llm.remote import RemoteLLM
@@ -37,6 +38,8 @@ class Assistant:
     voice: Voice
     llm: Engine | RemoteLLM  # local: target weights, tokenizer, drafter; remote: one client (llm.backend)
     load_seconds: dict[str, float] = field(default_factory=dict)
+    # Tools every conversation of this assistant gets (e.g. skills): `assistant.tools.register(fn)`.
+    tools: ToolRegistry = field(default_factory=lambda: _new_registry())
 
     @classmethod
     def load(cls, config: Config) -> Assistant:
@@ -66,26 +69,46 @@ class Assistant:
             llm = load_engine(profile, config, offline=offline)
         times["llm"] = time.perf_counter() - started
         log.info("models loaded: %s", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
-        return cls(config, profile, transcriber, voice, llm, times)
+        assistant = cls(config, profile, transcriber, voice, llm, times)
+        from app.skills import install_skills
+
+        install_skills(assistant)  # the tools of the skills [skills] enables (idempotent; off by default)
+        return assistant
 
     @functools.cached_property
     def lanes(self) -> Lanes:
         """One worker thread per model (ASR, LLM, TTS), shared by every conversation of this assistant,
         so heavy calls queue instead of oversubscribing the cores (created on first use)."""
-        from app.reply_stream import Lane, Lanes
+        from app.batch_lane import BatchLane, TimedLane
+        from app.reply_stream import Lanes
 
-        # A remote LLM waits on the network, not on a core: then every reply in flight gets a thread.
-        llm_workers = 2 * self.config.server.max_sessions + 2 if _backend(self.config) == "openai" else 1
-        return Lanes(Lane("asr"), Lane("llm", workers=llm_workers), Lane("tts"))
+        target = getattr(self.llm, "target", None)  # the local engine's model; a remote LLM has none
+        if _backend(self.config) == "openai" or target is None or not getattr(self.config.llm, "batch", True):
+            # A remote LLM waits on the network, not on a core: then every reply in flight gets a thread.
+            # (llm.batch = false: the local engine one call at a time, as before batching — for comparisons.)
+            workers = 1 if target is not None else 2 * self.config.server.max_sessions + 2
+            llm = TimedLane("llm", workers=workers)
+        else:  # the local engine: concurrent replies' decode steps share one forward (continuous batching)
+            llm = BatchLane("llm", target)
+        return Lanes(TimedLane("asr"), llm, TimedLane("tts"))  # timed: /healthz says which stage queues
 
     def new_session(self) -> Session:
         """A fresh LLM chat (own KV cache) with the configured system prompt."""
         return self.llm.session(system_prompt=self.config.llm.system_prompt)
 
-    def conversation(self, config: ConversationConfig | None = None) -> Conversation:
+    def conversation(
+        self, config: ConversationConfig | None = None, tools: ToolRegistry | None = None, tool_choice="auto"
+    ) -> Conversation:
+        """A conversation; `tools` are its own, added to the assistant's (docs/tools.md)."""
         from app.conversation import Conversation
 
-        return Conversation(self, config or self.config.conversation)
+        return Conversation(self, config or self.config.conversation, tools=tools, tool_choice=tool_choice)
+
+
+def _new_registry() -> ToolRegistry:
+    from app.tools import ToolRegistry
+
+    return ToolRegistry()
 
 
 def _backend(config: Config) -> str:

@@ -120,14 +120,18 @@ class ServerProcess:
                 self.proc.wait()
 
 
-async def _one_level(url: str, sessions: int, rounds: int, audio: np.ndarray) -> dict[str, Any]:
+async def spoken_turns(
+    url: str, clients: int, turns: int, audio: np.ndarray
+) -> tuple[list[float], list[str]]:
+    """`clients` concurrent Realtime clients, each streaming `audio` in real time `turns` times: every
+    completed turn's end of speech → first audio (ms), and what went wrong."""
     from app.commands.client import converse
 
     latencies: list[float] = []
     errors: list[str] = []
 
     async def client(index: int) -> None:
-        for _ in range(rounds):
+        for _ in range(turns):
             try:
                 result = await converse(url, audio=audio, realtime=True, timeout=120)
             except Exception as exc:
@@ -140,8 +144,13 @@ async def _one_level(url: str, sessions: int, rounds: int, audio: np.ndarray) ->
             else:
                 latencies.append(result.first_audio_ms)
 
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return latencies, errors
+
+
+async def _one_level(url: str, sessions: int, rounds: int, audio: np.ndarray) -> dict[str, Any]:
     started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(sessions)))
+    latencies, errors = await spoken_turns(url, sessions, rounds, audio)
     return {
         "sessions": sessions,
         "turns": len(latencies),
@@ -184,11 +193,15 @@ async def _bench(args: argparse.Namespace, url: str, server: ServerProcess | Non
     await _one_level(url, 1, 1, audio)  # warm-up: first-call costs are not latency
     results = []
     for n in levels:
+        before = await asyncio.to_thread(_server_counters, url, server)
         level = await _one_level(url, n, rounds, audio)
+        after = await asyncio.to_thread(_server_counters, url, server)
+        level.update(_load_report(before, after))
         results.append(level)
         print(
             f"  N={n}: p50 {_fmt(level['p50_ms'])} ms, p95 {_fmt(level['p95_ms'])} ms, "
-            f"errors {level['errors']}",
+            f"errors {level['errors']}, LLM {_fmt(level.get('llm_tok_s'))} tok/s, "
+            f"CPU {_fmt(level.get('cpu_cores'), '.2f')} cores, queued: {_fmt_waits(level.get('lane_wait_ms'))}",
             flush=True,
         )
     rss_before = server.rss_mb() if server else None
@@ -215,11 +228,67 @@ async def _bench(args: argparse.Namespace, url: str, server: ServerProcess | Non
         "latency_definition": "end of the question's audio sent (real-time pacing) -> first reply audio received",
         "quick": bool(args.quick),
         "llm": getattr(args, "llm_url", None) or "local",
+        "load_definition": "llm_tok_s: reply tokens handed out by the LLM lane / level wall time, all sessions; "
+                           "cpu_cores: server CPU seconds / wall; lane_wait_ms: mean queue wait per call "
+                           "(asr, llm, tts lanes; llm_steps: per batched reply step)",
     }
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def _fmt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _server_counters(url: str, server: ServerProcess | None) -> dict[str, Any]:
+    """The server's lane counters (`/healthz` "lanes", app/batch_lane.py) and its CPU seconds, now."""
+    from urllib.parse import urlsplit
+    from urllib.request import urlopen
+
+    parts = urlsplit(url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    out: dict[str, Any] = {"at": time.perf_counter(), "lanes": None, "cpu_s": None}
+    try:
+        with urlopen(f"{scheme}://{parts.netloc}/healthz", timeout=10) as response:
+            out["lanes"] = json.loads(response.read()).get("lanes")
+    except Exception as exc:  # an older server, or a token we do not have: no lane report
+        log.info("no lane counters from /healthz: %s", exc)
+    if server is not None and server.proc is not None:
+        import psutil
+
+        times = psutil.Process(server.proc.pid).cpu_times()
+        out["cpu_s"] = times.user + times.system + times.children_user + times.children_system
+    return out
+
+
+def _load_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per level, from counter differences: summed LLM tokens/s, server CPU (cores busy on average) and
+    the mean queue wait per call of each lane (which stage queued)."""
+    wall = after["at"] - before["at"]
+    report: dict[str, Any] = {"wall_with_counters_s": round(wall, 2)}
+    if before["cpu_s"] is not None and after["cpu_s"] is not None and wall > 0:
+        import psutil
+
+        cores = (after["cpu_s"] - before["cpu_s"]) / wall
+        report["cpu_cores"] = round(cores, 2)
+        report["cpu_percent_of_machine"] = round(100 * cores / (psutil.cpu_count() or 1), 1)
+    a, b = after.get("lanes") or {}, before.get("lanes") or {}
+    waits: dict[str, float | None] = {}
+    for name in ("asr", "llm", "tts", "llm_steps"):
+        if name in a and name in b:
+            calls = a[name]["calls"] - b[name]["calls"]
+            waits[name] = round(1000 * (a[name]["wait_s"] - b[name]["wait_s"]) / calls, 1) if calls else None
+            report[f"{name}_busy_s"] = round(a[name]["busy_s"] - b[name]["busy_s"], 2)
+    if waits:
+        report["lane_wait_ms"] = waits  # mean per call; llm_steps: per reply step (batched lane)
+    if "llm_steps" in a and "llm_steps" in b and wall > 0:
+        report["llm_tok_s"] = round((a["llm_steps"]["tokens"] - b["llm_steps"]["tokens"]) / wall, 1)
+        report["llm_mean_rows_recent"] = a["llm_steps"].get("recent_mean_rows")
+    return report
+
+
+def _fmt_waits(waits: dict[str, float | None] | None) -> str:
+    if not waits:
+        return "-"
+    return ", ".join(f"{name} {_fmt(ms, '.0f')} ms" for name, ms in waits.items())
 
 
 def run(args: argparse.Namespace, config) -> int:
@@ -247,11 +316,13 @@ def run(args: argparse.Namespace, config) -> int:
         if server is not None:
             server.stop()
     print()
-    print(f"{'sessions':>8} {'turns':>6} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
+    print(f"{'sessions':>8} {'turns':>6} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7} {'LLM tok/s':>9} "
+          f"{'CPU cores':>9}  mean queue wait per call (ms)")  # fmt: skip
     for level in report["levels"]:
         print(
             f"{level['sessions']:>8} {level['turns']:>6} {_fmt(level['p50_ms']):>8} {_fmt(level['p95_ms']):>8} "
-            f"{level['errors']:>7}"
+            f"{level['errors']:>7} {_fmt(level.get('llm_tok_s'), '.1f'):>9} "
+            f"{_fmt(level.get('cpu_cores'), '.2f'):>9}  {_fmt_waits(level.get('lane_wait_ms'))}"
         )
     for level in report["levels"]:
         for sample in level["error_samples"]:

@@ -14,8 +14,8 @@ the same run:
 `--transport direct` drives the Conversation API; `--transport realtime` starts `specvoice serve`'s server
 in-process on a free loopback port and talks to it over /v1/realtime as a client would (the baseline is a
 pipeline, not a server, and runs the same way in both). A configuration whose settings this build of
-ConversationConfig lacks is reported as unavailable. Writes JSON (`--json`), an SVG latency vs
-false-endpoint curve next to it, and a table.
+ConversationConfig lacks is reported as unavailable. Writes JSON (`--json`), the latency vs
+false-endpoint curve next to it (SVG; PNG too with matplotlib, the `bench` extra), and a table.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.bench_voice_report import curve, print_table, spread, summarize, write_svg
+from app.bench_voice_report import curve, print_table, spread, summarize, write_png, write_svg
 from app.bench_voice_runs import Outcome, sequential, sequential_assistant, stream_direct, stream_realtime
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-s", type=float, default=6.0, help="give up on a reply this long after eos")
     parser.add_argument("--baseline-hangover-ms", type=int, default=500,
                         help="the sequential baseline's fixed silence timer (default 500)")  # fmt: skip
-    parser.add_argument("--plot", metavar="PATH", help="SVG curve (default: next to --json)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="curve: PATH.svg, and PATH.png with matplotlib (default: next to --json)")  # fmt: skip
 
 
 def conversation_config(base: Any, name: str, max_tokens: int) -> tuple[Any | None, str | None]:
@@ -131,7 +132,7 @@ async def run_bench(
 ) -> dict[str, Any]:
     """Every configuration over the same questions; `save(report)` is called after each (partial results)."""
     base = assistant.config.conversation
-    report: dict[str, Any] = {"configs": {}, "load_average": {"start": _load()}}
+    report: dict[str, Any] = {"configs": {}, "load_average": {"start": load_average()}}
     warmed = False
     for name in configs:
         log(f"  [{name}]")
@@ -163,13 +164,13 @@ async def run_bench(
         report["configs"][name] = summarize(outcomes, questions, CONFIGS[name])
         if save is not None:
             save(report)
-    report["load_average"]["end"] = _load()  # other work on the machine skews every number: say how much
+    report["load_average"]["end"] = load_average()  # other work on the machine skews every number: say how much
     report["curve"] = curve(report["configs"])
     report["settings"] = settings(assistant, questions, transport, max_tokens, wait_s, baseline_hangover_ms)
     return report
 
 
-def _load() -> list[float] | None:
+def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -223,8 +224,12 @@ def run(args: argparse.Namespace, config: Any) -> int:
     print_table(report)
     plot = Path(args.plot) if args.plot else Path(args.json).with_suffix(".svg") if args.json else None
     if plot is not None:
-        write_svg(report["curve"], plot)
-        print(f"wrote {plot}")
+        write_svg(report["curve"], plot.with_suffix(".svg"))
+        print(f"wrote {plot.with_suffix('.svg')}")
+        if write_png(report["curve"], plot.with_suffix(".png")):
+            print(f"wrote {plot.with_suffix('.png')}")
+        else:
+            print("no PNG: matplotlib is not installed (pip install 'specvoice[bench]')")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -1,5 +1,6 @@
 """`specvoice bench voice`, its numbers: per-configuration summary, the latency vs false-endpoint curve, the
-table and the SVG plot (app/bench_voice.py measures; this module only counts and draws)."""
+table and the plots (app/bench_voice.py measures; this module only counts and draws): an SVG always (no
+dependency), a PNG when matplotlib is installed (the `bench` extra)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def summarize(outcomes: list[Outcome], questions: list, settings: dict[str, Any]
         "endpoint_to_audio_ms": spread(
             [o.endpoint_to_audio_ms for o in outcomes if o.endpoint_to_audio_ms is not None]
         ),
+        "eos_to_endpoint_ms": spread(
+            [o.eos_to_endpoint_ms for o in outcomes if getattr(o, "eos_to_endpoint_ms", None) is not None]
+        ),
         "false_endpoints": {
             "paused": sum(o.false_endpoints > 0 for o in paused),
             "paused_questions": len(paused),
@@ -68,6 +72,9 @@ def summarize(outcomes: list[Outcome], questions: list, settings: dict[str, Any]
             "total_endpoints_too_early": sum(o.false_endpoints for o in outcomes),
         },
         "fragment_replies_heard": sum(o.fragment_heard for o in outcomes),
+        "endpoint_reasons": _count(
+            e.get("reason", "?") for o in outcomes for e in getattr(o, "endpoints", [])
+        ),
         "wasted_preemptive": {
             "count": sum(o.wasted_preemptive for o in wasted) if wasted else None,
             "ms": round(sum(o.wasted_preemptive_ms or 0.0 for o in wasted), 1) if wasted else None,
@@ -85,6 +92,13 @@ def summarize(outcomes: list[Outcome], questions: list, settings: dict[str, Any]
             for q, o in pairs
         ],
     }
+
+
+def _count(names) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def curve(configs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -105,15 +119,16 @@ def curve(configs: dict[str, Any]) -> list[dict[str, Any]]:
 
 COLUMNS = [
     "eos->audio p50/p95 (min-max)",
+    "eos->endpt p50/p95",
     "endpt->audio p50/p95",
     "false endpt paused",
     "600-1000",
     "frag heard",
-    "wasted pre.",
+    "wasted (n / LLM ms)",
     "WER",
     "answered",
 ]
-WIDTHS = [32, 22, 20, 10, 11, 14, 7, 10]
+WIDTHS = [32, 20, 22, 20, 10, 11, 21, 7, 10]
 
 
 # -- output ------------------------------------------------------------------------------------------------------
@@ -129,8 +144,10 @@ def print_table(report: dict[str, Any]) -> None:
             r["false_endpoints"],
             r["wasted_preemptive"],
         )
+        w8 = r.get("eos_to_endpoint_ms") or {"p50": None, "p95": None}
         cells = [
             f"{e['p50']}/{e['p95']} ({e['min']}-{e['max']})",
+            f"{w8['p50']}/{w8['p95']}",
             f"{p['p50']}/{p['p95']}",
             f"{fe['paused']}/{fe['paused_questions']}",
             f"{fe['pause_600_1000']}/{fe['pause_600_1000_questions']}",
@@ -173,7 +190,7 @@ def write_svg(points: list[dict[str, Any]], path: Path) -> None:
         out.append(f'<text x="{sx(xv):.0f}" y="{height - m + 16}" text-anchor="middle">{xv:.0f}</text>')
         out.append(f'<text x="{m - 6}" y="{sy(yv) + 4:.0f}" text-anchor="end">{yv:.0f}</text>')
     fixed = sorted(
-        (p for p in points if p["config"].startswith("fixed_")), key=lambda p: p["eos_to_audio_p50_ms"]
+        (p for p in points if p["config"].startswith("fixed_")), key=lambda p: int(p["config"].split("_")[1])
     )
     if len(fixed) > 1:
         line = " ".join(
@@ -182,14 +199,51 @@ def write_svg(points: list[dict[str, Any]], path: Path) -> None:
         )
         out.append(f'<polyline points="{line}" fill="none" stroke="#888" stroke-dasharray="4 3"/>')
     for p, x, y in zip(points, xs, ys, strict=True):
-        color = (
-            "#c00"
-            if p["config"] in ("semantic", "default")
-            else "#06c"
-            if p["config"] == "baseline"
-            else "#444"
-        )
+        color = _color(p["config"])
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{color}"/>')
         out.append(f'<text x="{sx(x) + 6:.1f}" y="{sy(y) - 6:.1f}">{p["config"]}</text>')
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
+
+
+def _color(config: str) -> str:
+    """Ours red, the sequential baseline blue, the ablations grey."""
+    return "#c00" if config in ("semantic", "default") else "#06c" if config == "baseline" else "#444"
+
+
+def write_png(points: list[dict[str, Any]], path: Path) -> bool:
+    """The same curve as a PNG with matplotlib (the optional `bench` extra); False when it is missing.
+
+    Each configuration is a point at (p50, false-endpoint share on paused questions) with a bar to its
+    p95, so the spread shows; the fixed timers are joined by a dashed line (the trade-off a timer offers)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fixed = sorted(
+        (p for p in points if p["config"].startswith("fixed_")), key=lambda p: int(p["config"].split("_")[1])
+    )
+    if len(fixed) > 1:
+        ax.plot([p["eos_to_audio_p50_ms"] for p in fixed],
+                [100 * (p["false_endpoint_rate_paused"] or 0) for p in fixed], "--", color="#888", lw=1)  # fmt: skip
+    for p in points:
+        x, y = p["eos_to_audio_p50_ms"], 100 * (p["false_endpoint_rate_paused"] or 0)
+        color = _color(p["config"])
+        if p.get("eos_to_audio_p95_ms") is not None:
+            ax.plot([x, p["eos_to_audio_p95_ms"]], [y, y], "-", color=color, alpha=0.35, lw=3)
+        ax.plot([x], [y], "o", color=color)
+        ax.annotate(p["config"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("end of speech -> first reply audio, p50 (bar to p95), ms")
+    ax.set_ylabel("false endpoints on paused questions (%)")
+    ax.set_title("bench voice: latency vs false endpoints")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=-2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

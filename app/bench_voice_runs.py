@@ -35,6 +35,7 @@ AFTER_AUDIO_S = 0.25  # keep streaming this long after the first reply audio (le
 class Outcome:
     eos_to_audio_ms: float | None = None
     endpoint_to_audio_ms: float | None = None
+    eos_to_endpoint_ms: float | None = None  # the wait: end of speech -> the endpoint the reply followed
     false_endpoints: int = 0  # turns closed before the user had finished
     fragment_heard: bool = False  # reply audio arrived while the user still had words to say
     transcript: str = ""
@@ -43,6 +44,7 @@ class Outcome:
     wasted_preemptive_tokens: int | None = None
     stages: dict[str, float] = field(default_factory=dict)
     effective: dict[str, Any] = field(default_factory=dict)  # the turn settings the server really used
+    endpoints: list[dict[str, Any]] = field(default_factory=list)  # why each turn ended (conv.endpoints)
 
 
 class Observer:
@@ -81,6 +83,7 @@ class Observer:
             endpoints = [wall for _, wall in self.stops if wall <= heard]
             if endpoints:
                 out.endpoint_to_audio_ms = round(1000 * (heard - endpoints[-1]), 1)
+                out.eos_to_endpoint_ms = round(1000 * (endpoints[-1] - self.eos_wall), 1)
             out.stages = self.metrics.get(reply_id, {})
         dropped = [t for rid, t in self.metrics.items() if t.get("discarded")]
         if wasted is None and dropped:
@@ -104,11 +107,21 @@ def wasted_work(conv: Any) -> tuple[int, float, int] | None:
         stats = stats()
     if not isinstance(stats, dict) or "preemptive_discarded" not in stats:
         return None
+    # Replies nobody heard: preemptive ones dropped when the user went on inside a pause, and ones dropped
+    # after a false end of turn (`unheard_*`, when this build counts them).
     return (
-        int(stats["preemptive_discarded"]),
-        float(stats.get("preemptive_wasted_ms", 0.0)),
-        int(stats.get("preemptive_wasted_tokens", 0)),
+        int(stats["preemptive_discarded"] + stats.get("unheard_discarded", 0)),
+        float(stats.get("preemptive_wasted_ms", 0.0) + stats.get("unheard_wasted_ms", 0.0)),
+        int(stats.get("preemptive_wasted_tokens", 0) + stats.get("unheard_wasted_tokens", 0)),
     )
+
+
+async def settled_waste(conv: Any) -> tuple[int, float, int] | None:
+    """`wasted_work` once the replies already dropped have stopped (their LLM time is only final then)."""
+    settle = getattr(conv, "settle_dropped", None)
+    if settle is not None:
+        await settle()
+    return wasted_work(conv)
 
 
 async def pace(q: SpokenQuestion, obs: Observer, send, rate: int, wait_s: float) -> None:
@@ -162,14 +175,20 @@ async def stream_direct(assistant: Any, q: SpokenQuestion, conv_config: Any, wai
 
     try:
         await pace(q, obs, send, RATE, wait_s)
-        wasted = wasted_work(conv)  # before cancel(): what the user's own pauses cost, not the bench's stop
+        wasted = await settled_waste(conv)  # before cancel(): the user's pauses' cost, not the bench's stop
         await conv.cancel()
     finally:
         await conv.close()
         await reader
     out = obs.outcome(wasted)
     out.effective = _turn_settings(conv.config)
+    out.endpoints = _endpoints(conv)
     return out
+
+
+def _endpoints(conv: Any) -> list[dict[str, Any]]:
+    """The conversation's end-of-turn decisions (reason, silence, signals), when it keeps them."""
+    return [dict(e) for e in getattr(conv, "endpoints", ())]
 
 
 def _turn_settings(config: Any) -> dict[str, Any]:
@@ -212,8 +231,9 @@ async def stream_realtime(server: Any, q: SpokenQuestion, wait_s: float, rate: i
         try:
             await pace(q, obs, send, rate, wait_s)
             conv = _server_conversation(server) or conv
-            wasted = wasted_work(conv) if conv is not None else None
+            wasted = await settled_waste(conv) if conv is not None else None
             effective = _turn_settings(conv.config) if conv is not None else {}
+            endpoints = _endpoints(conv) if conv is not None else []
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
@@ -221,7 +241,7 @@ async def stream_realtime(server: Any, q: SpokenQuestion, wait_s: float, rate: i
 
     await wait_for_sessions_to_end(server)  # the next question starts on a server with nothing else open
     out = obs.outcome(wasted)
-    out.effective = effective
+    out.effective, out.endpoints = effective, endpoints
     return out
 
 
@@ -311,6 +331,7 @@ def sequential(seq: _SequentialAssistant, q: SpokenQuestion, hangover_ms: float,
             continue
         out.eos_to_audio_ms = round(1000 * (heard - eos_s), 1)
         out.endpoint_to_audio_ms = round(1000 * (heard - endpoint / RATE), 1)
+        out.eos_to_endpoint_ms = round(1000 * (endpoint / RATE - eos_s), 1)
         out.stages = {"eos_to_endpoint_ms": round(1000 * (endpoint / RATE - eos_s), 1), **result.timings_ms}
         break
     out.transcript = " ".join(transcripts)

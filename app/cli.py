@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.commands.serve", "run the websocket server (Realtime API, telephony, browser page)"),
     "talk": ("app.commands.talk", "talk to the assistant through the desktop microphone and speakers"),
     "client": ("app.commands.client", "stream a file or the microphone to a specvoice server"),
-    "bench": ("app.commands.bench", "benchmarks: llm, voice, serve, gpu"),
+    "bench": ("app.commands.bench", "benchmarks: llm, voice, serve, tools, gpu"),
     "events": ("app.commands.events", "the event-planning skill's database: list, show, export"),
 }
 

@@ -69,6 +69,9 @@ class LLMConfig:
     # torch.compile the 1-token step (inductor, frozen weights). Off: on the 2-core dev box compiling took
     # 41 s (warm inductor cache) to 4 min (cold, busy) for a 1.5x faster step (docs/llm.md).
     compile: bool = False
+    # Concurrent replies' decode steps share one forward (app/batch_lane.py); false: one step per LLM-lane
+    # call, as before (the unbatched baseline of `bench serve`).
+    batch: bool = True
     seed: int | None = None
     # Where replies come from: "local" (this process's speculative engine) or "openai" (an OpenAI-compatible
     # server: vLLM, SGLang, llama.cpp's server, another specvoice; see docs/scaling.md).
@@ -134,6 +137,7 @@ class ServerConfig:
     idle_timeout_s: float = 60.0  # no message from the client and nothing to send for this long: close
     start_timeout_s: float = 10.0  # a phone stream must send `start` within this after connecting
     send_timeout_s: float = 10.0  # a client that does not read for this long is disconnected
+    ping_interval_s: float = 20.0  # keepalive ping; no pong within send_timeout_s: disconnected
     max_errors: int = 200  # bad messages one connection may send before it is closed (1008)
 
 
@@ -141,8 +145,11 @@ class ServerConfig:
 class SkillsConfig:
     """Built-in skills (docs/tools.md); off by default."""
 
-    events: bool = False  # the event-planning skill's tools
+    events: bool = False  # the event-planning skill's tools, on every conversation of the assistant
     events_db: str = ""  # its SQLite file; "" = $XDG_DATA_HOME/specvoice/events.db
+    orders: bool = False  # the order-lookup example tool (docs/support-bot.md), on every conversation
+    orders_db: str = ""  # its SQLite file (sample rows on first use); "" = $XDG_DATA_HOME/specvoice/orders.db
+    call_center: bool = False  # Twilio calls get transfer_call / end_call (app/server/twilio.py)
 
 
 @dataclass

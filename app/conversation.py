@@ -29,6 +29,7 @@ import numpy as np
 
 from app.audio_input import InputAudio
 from app.config import ConversationConfig
+from app.conversation_tools import ConversationTools, check_tools_backend
 from app.conversation_turns import TurnsAndReplies
 from app.events import (
     ErrorEvent,
@@ -37,6 +38,8 @@ from app.events import (
     TranscriptPartial,
 )
 from app.reply_stream import Reply, SessionOps
+from app.tool_turn import ToolChoice
+from app.tools import ToolRegistry
 from app.turn_end import TurnEnd
 from app.turn_state import TurnState, Utterance
 from asr.endpointing import EAGERNESS, ENDPOINTING
@@ -56,22 +59,28 @@ class ConversationClosed(RuntimeError):
     """A call on a conversation after close()."""
 
 
-class Conversation(TurnsAndReplies):
+class Conversation(TurnsAndReplies, ConversationTools):
     """See docs/architecture.md (API) and docs/conversation.md (behaviour)."""
 
-    def __init__(self, assistant: Any, config: ConversationConfig | None = None) -> None:
+    def __init__(
+        self,
+        assistant: Any,
+        config: ConversationConfig | None = None,
+        tools: ToolRegistry | None = None,
+        tool_choice: Any = "auto",
+    ) -> None:
         self.assistant = assistant
         self.config = dataclasses.replace(config or assistant.config.conversation)
         _validate(self.config)
+        self._init_tools(tools, tool_choice)  # the assistant's tools and this conversation's (ConversationTools)
         self._lanes = assistant.lanes
         decoder = self._lanes.cache.get("decoder")
         if decoder is None:
             decoder = self._lanes.cache["decoder"] = ShortWindowDecoder(assistant.transcriber.model)
         self._decoder: ShortWindowDecoder = decoder
-        if self.config.system_prompt:
-            self._session = assistant.llm.session(system_prompt=self.config.system_prompt)
-        else:
-            self._session = assistant.new_session()
+        self._session = assistant.llm.session(system_prompt=self._system_prompt(self._tools))
+        if len(self._tools):
+            check_tools_backend(self._session)
         self._synth = PieceSynthesizer(self._voice(), self.config.output_sample_rate)
         self._vad = StreamingVAD()
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -93,7 +102,9 @@ class Conversation(TurnsAndReplies):
         self.stats: dict[str, float] = {
             "preemptive_started": 0, "preemptive_used": 0, "preemptive_discarded": 0,
             "preemptive_wasted_ms": 0.0, "preemptive_wasted_tokens": 0,
+            "unheard_discarded": 0, "unheard_wasted_ms": 0.0, "unheard_wasted_tokens": 0,
         }  # fmt: skip
+        self._stopping: set[asyncio.Task] = set()  # dropped replies still stopping (conversation_turns)
         # The latest end-of-turn decisions: why, after how much silence (ms of audio), the signals seen.
         self.endpoints: deque[dict[str, Any]] = deque(maxlen=32)
 
@@ -158,13 +169,24 @@ class Conversation(TurnsAndReplies):
         self._onset_frames = 0
         self._vad.reset()
 
-    async def respond(self) -> None:
-        """Reply to the history as it stands (after send_text(respond=False) or auto_respond=False)."""
+    async def respond(self, tool_choice: Any = None, audio: bool | None = None) -> None:
+        """Reply to the history as it stands (after send_text(respond=False) or auto_respond=False).
+
+        `tool_choice` ("auto" / "none" / "required" / {"type": "function", "name": N}) and `audio`
+        (False: text only) apply to this reply only."""
         self._check_open()
+        options: dict[str, Any] = {}
+        if tool_choice is not None:
+            options["tool_choice"] = ToolChoice.parse(tool_choice)
+            options["tool_choice"].specs(self._tools)
+        if audio is not None:
+            options["audio"] = bool(audio)
         if self._reply is not None and not self._reply.cancelled and not self._reply.finished:
             self._emit(ErrorEvent("a reply is already in progress; cancel() it first", "reply_in_progress"))
             return
         self._start_reply()
+        if options and self._reply is not None:
+            self._reply_options[self._reply.id] = options
 
     async def cancel(self) -> None:
         """Stop the reply in progress (-> Interrupted with the words already heard)."""

@@ -26,6 +26,7 @@ class TurnsAndReplies:
     _replies: dict[str, Reply]
     _user_prefix: str
     stats: dict[str, float]
+    _stopping: set[asyncio.Task]  # dropped replies' pipelines still stopping (their waste not yet counted)
     endpoints: Any
     config: Any
     assistant: Any
@@ -69,13 +70,32 @@ class TurnsAndReplies:
         reply.discarded = True
         reply.cancel()
         self.stats["preemptive_discarded"] += 1
-        if reply.task is not None:
-            reply.task.add_done_callback(lambda _t, r=reply: self._count_waste(r))
+        self._count_waste_when_stopped(reply, "preemptive")
         self._spawn(self._llm.forget(reply))
 
-    def _count_waste(self, reply: Reply) -> None:
-        self.stats["preemptive_wasted_ms"] += reply.numbers.get("llm_generate_ms", 0.0)
-        self.stats["preemptive_wasted_tokens"] += reply.numbers.get("tokens", 0.0)
+    def _count_waste_when_stopped(self, reply: Reply, kind: str) -> None:
+        """Add a dropped reply's LLM work to `stats` (`<kind>_wasted_ms`, `<kind>_wasted_tokens`) once its
+        pipeline has stopped: its numbers are only final then (it stops within one LLM step of the
+        cancel). `settle_dropped()` waits for the ones still stopping."""
+        task = reply.task
+        if task is None or task.done():
+            self._count_waste(reply, kind)
+            return
+        self._stopping.add(task)
+        task.add_done_callback(lambda t, r=reply: (self._stopping.discard(t), self._count_waste(r, kind)))
+
+    def _count_waste(self, reply: Reply, kind: str) -> None:
+        if not reply.prepared:  # it never reached the LLM: the session's stats belong to another reply
+            return
+        for name, number in (("wasted_ms", "llm_generate_ms"), ("wasted_tokens", "tokens")):
+            key = f"{kind}_{name}"
+            self.stats[key] = self.stats.get(key, 0.0) + reply.numbers.get(number, 0.0)
+
+    async def settle_dropped(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) until every dropped reply has stopped, so that `stats` holds all the work they
+        wasted (benchmarks read it; nothing else needs to wait)."""
+        if self._stopping:
+            await asyncio.wait(list(self._stopping), timeout=timeout_s)
 
     # -- the end of a turn ----------------------------------------------------------------------------------
     def _close_utterance(self, u: Utterance) -> None:
@@ -165,7 +185,8 @@ class TurnsAndReplies:
 
         sampling = SamplingParams(llm.temperature, llm.top_k, llm.top_p)
         max_tokens = self.config.max_reply_tokens or llm.max_reply_tokens
-        await run_reply(reply, self._session, self._lanes, self._llm.lock, self._synth, max_tokens, sampling)
+        plan = self._reply_plan(reply)  # type: ignore[attr-defined]  # Conversation: speech or text, tools
+        await run_reply(reply, self._session, self._lanes, self._llm.lock, self._synth, max_tokens, sampling, plan)
         self._llm.fed_text = None  # the session's user turn was closed by the reply
 
     def _live_reply(self) -> Reply | None:
@@ -186,6 +207,10 @@ class TurnsAndReplies:
             # keep their words for the turn they are still speaking.
             reply.discarded = True
             self._user_prefix = f"{reply.user_text} {self._user_prefix}".strip()
+            # Work wasted on a false end of turn (the reply was ready or being made, nobody heard it).
+            self.stats["unheard_discarded"] = self.stats.get("unheard_discarded", 0) + 1
+            reply.cancel()
+            self._count_waste_when_stopped(reply, "unheard")
             self._spawn(self._llm.forget(reply))
         else:
             self._spawn(self._llm.truncate(reply, heard))

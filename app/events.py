@@ -7,7 +7,7 @@ so adapters stay thin: they translate events to their wire format and never hold
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,36 @@ class ReplyDone:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """The reply calls a tool. `arguments` always match the tool's schema (constrained decoding);
+    `arguments_json` is the same as JSON text. `client_side`: the app runs it and answers with
+    `Conversation.add_tool_output(call_id, output)` (the reply ends here); otherwise the conversation runs
+    it and a ToolResult follows."""
+
+    type: ClassVar[str] = "tool_call"
+    reply_id: str
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    arguments_json: str
+    client_side: bool = False
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """A server-side tool finished: `output` (JSON-able) or `error` (bad arguments, an exception, a
+    timeout), after `ms` milliseconds. What the model reads next is the output or `{"error": ...}`."""
+
+    type: ClassVar[str] = "tool_result"
+    reply_id: str
+    call_id: str
+    name: str
+    output: Any = None
+    error: str | None = None
+    ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class Interrupted:
     """A reply was cut short (barge-in or cancel); `spoken_text` is what the user actually heard."""
 
@@ -117,6 +147,8 @@ Event = (
     | ReplyTextDelta
     | ReplyAudio
     | ReplyDone
+    | ToolCall
+    | ToolResult
     | Interrupted
     | Metrics
     | ErrorEvent

@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.events import Event, Metrics, ReplyAudio, ReplyDone, ReplyStarted, ReplyTextDelta
+from app.events import Event, Metrics, ReplyAudio, ReplyDone, ReplyStarted, ReplyTextDelta, ToolCall
 from tts.segmenter import Segmenter
 from tts.stream import PieceSynthesizer, SpokenPiece, words_heard
+
+if TYPE_CHECKING:
+    from app.tool_turn import ToolPlan
 
 _ids = itertools.count(1)
 
@@ -160,7 +163,11 @@ class SessionOps:
     async def forget(self, reply: Reply) -> None:
         """A reply nobody heard: the session drops it and reopens the user turn it answered."""
         async with self.lock:  # queued behind the generation it stops, ahead of any later reply
-            if reply.prepared:
+            if reply.prepared and reply.tool_response_added:
+                # A tool ran (its effect is real): keep the call and its result, and an empty answer.
+                await self.lane.run(self.session.truncate_reply, "")
+                self.fed_text = None
+            elif reply.prepared:
                 await self.lane.run(self.session.discard_reply)
                 self.fed_text = None
 
@@ -174,6 +181,20 @@ class SessionOps:
 
 def new_reply_id() -> str:
     return f"reply_{next(_ids)}"
+
+
+def new_call_id() -> str:
+    return f"call_{next(_ids)}"
+
+
+@dataclass(frozen=True)
+class ReplyPlan:
+    """What one reply may do besides answering aloud: text only (`speak=False`: no TTS at all), and tools.
+    `on_call` lets the conversation note the calls (client-side ones wait for `add_tool_output`)."""
+
+    speak: bool = True
+    tools: ToolPlan | None = None
+    on_call: Callable[[ToolCall], None] | None = None
 
 
 @dataclass
@@ -203,6 +224,10 @@ class Reply:
     metrics_sent: bool = False
     task: asyncio.Task | None = None
     clock_ms: Callable[[], float] = lambda: 0.0  # the conversation's input clock
+    tool_response_added: bool = False  # a tool ran and its result is in the session's history
+    # Set by confirm() or cancel() / by cancel(): a tool call waits on them (asyncio, on the loop).
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled_signal: asyncio.Event = field(default_factory=asyncio.Event)
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.perf_counter())
@@ -217,6 +242,8 @@ class Reply:
             if self.first_audio_clock_ms is None:
                 self.first_audio_clock_ms = self.clock_ms()
                 self.mark("first_audio")
+            if "tool_result" in self.marks:
+                self.mark("first_answer_audio")
             self.audio_ms += event.duration_ms
         self.emit_out(event)
 
@@ -225,6 +252,7 @@ class Reply:
         if self.confirmed or self.cancelled:
             return
         self.confirmed = True
+        self.settled.set()
         self.mark("confirmed")
         pending, self.pending = self.pending, []
         for event in pending:
@@ -260,6 +288,8 @@ class Reply:
     def cancel(self) -> None:
         self.cancelled = True
         self.cancel_event.set()
+        self.settled.set()
+        self.cancelled_signal.set()
         self.pending.clear()
 
     def timings(self) -> dict[str, float]:
@@ -277,6 +307,10 @@ class Reply:
             "request_to_first_token_ms": since("first_token", "created"),
             "request_to_first_audio_ms": since("first_audio", "created"),
             "first_piece_synthesis_ms": since("first_piece_audio", "first_piece"),
+            "eos_to_tool_call_ms": since("tool_call", "eos"),
+            "request_to_tool_call_ms": since("tool_call", "created"),
+            "eos_to_first_answer_audio_ms": since("first_answer_audio", "eos"),
+            "request_to_first_answer_audio_ms": since("first_answer_audio", "created"),
             "preemptive": 1.0 if self.preemptive else 0.0,
             "audio_ms": round(self.audio_ms, 1),
         }
@@ -297,8 +331,14 @@ async def run_reply(
     synthesizer: PieceSynthesizer,
     max_tokens: int,
     sampling: Any,
+    plan: ReplyPlan | None = None,
 ) -> None:
-    """Generate, segment and synthesise one reply; emits through the reply's gate."""
+    """Generate, segment and synthesise one reply; emits through the reply's gate.
+
+    With tools (`plan.tools`), the reply first decides call-or-answer and may call one tool (see
+    app/tool_turn.py `tool_phase`); the answer that follows the tool's result is generated and spoken as usual."""
+    plan = plan or ReplyPlan()
+    tools = plan.tools if plan.tools is not None and plan.tools.active else None
     reply.mark("created")
     if reply.confirmed:
         reply.emit_out(ReplyStarted(reply.id))
@@ -306,7 +346,11 @@ async def run_reply(
         reply.pending.append(ReplyStarted(reply.id))
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
     first_piece_done = asyncio.Event()
-    speaker = asyncio.create_task(_speak(reply, pieces, lanes, synthesizer, first_piece_done))
+    speaker = None
+    if plan.speak:
+        speaker = asyncio.create_task(_speak(reply, pieces, lanes, synthesizer, first_piece_done))
+    else:
+        first_piece_done.set()  # nothing to wait for: text only
     segmenter = Segmenter()
     try:
         async with llm_lock:
@@ -314,44 +358,76 @@ async def run_reply(
                 return
             if reply.user_text is not None:
                 await prefill(lanes.llm, session, reply.user_text)
-            steps = session.generate(max_tokens=max_tokens, sampling=sampling, cancel=reply.cancel_event)
-            try:
-                while not reply.cancelled:
-                    if segmenter.pieces_out and not first_piece_done.is_set():
-                        # 2 cores: let Piper have them for the first piece (the latency the user hears);
-                        # the LLM is far ahead of playback anyway.
-                        await first_piece_done.wait()
-                    reply.prepared = True  # the first step opens the reply in the session
-                    delta = await lanes.llm.run(next, steps, None)
-                    if delta is None or reply.cancelled:
-                        break
-                    reply.mark("first_token")
-                    if delta.text:
-                        reply.text += delta.text
-                        reply.emit(ReplyTextDelta(reply.id, delta.text))
-                        for piece in segmenter.push(delta.text):
-                            pieces.put_nowait(piece)
-            finally:
-                await lanes.llm.run(steps.close)
-            stats = getattr(session, "last_reply", None)
-            if stats is not None:
-                reply.numbers["tokens"] = float(stats.generated)
-                reply.numbers["llm_generate_ms"] = round(1000.0 * stats.generate_s, 1)
-        for piece in segmenter.flush():
-            pieces.put_nowait(piece)
+            answer = True
+            if tools is not None:
+                from app.tool_turn import tool_phase  # (imports torch; only replies with tools)
+
+                answer = await tool_phase(reply, session, lanes, plan, sampling, pieces)
+            if answer and not reply.cancelled:
+                # Call syntax never reaches the listener: an answer that starts writing one stops there.
+                stop = ("<tool_call>", "<tool_response>") if tools is not None else ()
+                await _generate(reply, session, lanes, max_tokens, sampling, stop, segmenter, pieces,
+                                first_piece_done, plan.speak)  # fmt: skip
+        if plan.speak:
+            for piece in segmenter.flush():
+                pieces.put_nowait(piece)
     finally:
         pieces.put_nowait(None)
-        if reply.cancelled:
+        if reply.cancelled and speaker is not None:
             speaker.cancel()
-    try:
-        await speaker
-    except asyncio.CancelledError:
-        if not reply.cancelled:
-            raise
+    if speaker is not None:
+        try:
+            await speaker
+        except asyncio.CancelledError:
+            if not reply.cancelled:
+                raise
     if not reply.cancelled:
         reply.finished = True
         reply.emit(ReplyDone(reply.id, reply.text.strip()))
         reply.send_metrics()
+
+
+async def _generate(
+    reply: Reply,
+    session: Any,
+    lanes: Lanes,
+    max_tokens: int,
+    sampling: Any,
+    stop: tuple[str, ...],
+    segmenter: Segmenter,
+    pieces: asyncio.Queue[str | None],
+    first_piece_done: asyncio.Event,
+    speak: bool,
+) -> None:
+    """The answer, token by token (the caller holds the session's lock)."""
+    from app.batch_lane import next_delta  # batched with other replies' steps on a BatchLane
+
+    steps = session.generate(max_tokens=max_tokens, sampling=sampling, cancel=reply.cancel_event, stop=stop)
+    try:
+        while not reply.cancelled:
+            if segmenter.pieces_out and not first_piece_done.is_set():
+                # 2 cores: let Piper have them for the first piece (the latency the user hears);
+                # the LLM is far ahead of playback anyway.
+                await first_piece_done.wait()
+            reply.prepared = True  # the first step opens the reply in the session
+            delta = await next_delta(lanes.llm, steps)
+            if delta is None or reply.cancelled:
+                break
+            reply.mark("first_token")
+            if delta.text:
+                reply.text += delta.text
+                reply.emit(ReplyTextDelta(reply.id, delta.text))
+                if speak:
+                    for piece in segmenter.push(delta.text):
+                        pieces.put_nowait(piece)
+    finally:
+        await lanes.llm.run(steps.close)
+    stats = getattr(session, "last_reply", None)
+    if stats is not None:
+        reply.numbers["tokens"] = reply.numbers.get("tokens", 0.0) + float(stats.generated)
+        reply.numbers["llm_generate_ms"] = round(
+            reply.numbers.get("llm_generate_ms", 0.0) + 1000.0 * stats.generate_s, 1
+        )
 
 
 async def _speak(

@@ -61,12 +61,16 @@ class ToolResult:
 @dataclass(frozen=True)
 class Tool:
     spec: ToolSpec
-    function: Callable[..., Any]
+    function: Callable[..., Any] | None  # None: a client-side tool (the app runs it and sends the output)
     timeout_s: float
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def client_side(self) -> bool:
+        return self.function is None
 
 
 class ToolRegistry:
@@ -87,6 +91,35 @@ class ToolRegistry:
 
         return add(function) if function is not None else add
 
+    def declare(self, name: str, description: str = "", parameters: dict[str, Any] | None = None) -> ToolSpec:
+        """A client-side tool: only its spec is known here (as Realtime clients send them); a reply that
+        calls it ends with the call, and the app answers with `Conversation.add_tool_output`. The
+        parameters must be a JSON schema the constrained decoder supports (checked now, not mid-reply)."""
+        if not _NAME.fullmatch(name):
+            raise ToolError(f"tool name {name!r}: letters, digits and _ only (at most 64)")
+        if name in self._tools:
+            raise ToolError(f"a tool named {name!r} is already registered")
+        parameters = parameters if parameters is not None else {"type": "object", "properties": {}}
+        check_parameters(parameters, name)
+        spec = ToolSpec(name, description or name.replace("_", " "), parameters)
+        self._tools[name] = Tool(spec, None, self.timeout_s)
+        return spec
+
+    def remove(self, name: str) -> None:
+        """Unregister a tool (conversations already holding it keep their copy of the registry)."""
+        if self._tools.pop(name, None) is None:
+            raise KeyError(f"no tool named {name!r}")
+
+    def merged(self, other: ToolRegistry | None) -> ToolRegistry:
+        """A registry holding this one's tools and `other`'s (a name in both is refused)."""
+        out = ToolRegistry(self.timeout_s)
+        for registry in (self, other):
+            for tool in (registry._tools.values() if registry is not None else ()):
+                if tool.name in out._tools:
+                    raise ToolError(f"a tool named {tool.name!r} is already registered")
+                out._tools[tool.name] = tool
+        return out
+
     @property
     def specs(self) -> list[ToolSpec]:
         return [t.spec for t in self._tools.values()]
@@ -105,6 +138,8 @@ class ToolRegistry:
         tool = self._tools.get(name)
         if tool is None:
             return ToolResult(name, error=f"unknown tool {name!r}; tools: {', '.join(self._tools) or 'none'}")
+        if tool.function is None:
+            return ToolResult(name, error=f"{name!r} is a client-side tool: the app runs it")
         try:
             if isinstance(arguments, str):
                 arguments = json.loads(arguments or "{}")
@@ -163,6 +198,18 @@ def _jsonable(output: Any) -> Any:
         return output
     except (TypeError, ValueError):
         return str(output)
+
+
+def check_parameters(parameters: Any, name: str) -> None:
+    """A tool's parameters must be an object schema the constrained decoder supports (else ToolError)."""
+    from llm.constrained import UnsupportedSchema, compile_schema
+
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        raise ToolError(f"{name}: parameters must be a JSON schema of type object")
+    try:
+        compile_schema(parameters)
+    except (UnsupportedSchema, TypeError, ValueError, KeyError) as exc:
+        raise ToolError(f"{name}: unsupported parameters schema: {exc}") from None
 
 
 # -- schema from a function --------------------------------------------------------------------------

@@ -57,6 +57,9 @@ class TurnEnd:
         work.tasks.append(conv._spawn(self._text(u, work, text)))
 
     async def _audio(self, u: Utterance, work: SilenceWork) -> None:
+        # At once, beside the silence's decode (tried: after it, which spares Whisper a thread; but on a
+        # loaded box the audio signal then comes after `hangover_ms` too, and with no signal in time the
+        # plain timer ends the turn inside the speaker's pause).
         audio = np.concatenate(list(u.recent))
         p = await self._conv._lanes.turn.run(self._load().probability, audio)
         if u.silence is work:

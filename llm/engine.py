@@ -42,6 +42,54 @@ class StepResult:
     verify_s: float
 
 
+@dataclass
+class StepPlan:
+    """The first half of a speculative step: the tokens to feed (pending + drafts) at `position`."""
+
+    position: int
+    fed: list[int]
+    draft: Draft
+    started: float
+    drafted_at: float
+
+
+def plan_step(
+    cache: KVCache,
+    context: list[int],
+    drafter: Drafter | None,
+    k: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> StepPlan:
+    """Draft up to k tokens after `context` (its last token pending); the verify forward comes next."""
+    k = max(0, min(k, cache.max_len - len(context)))  # the verify must fit the cache
+    started = time.perf_counter()
+    draft = drafter.propose(context, k, params, generator) if drafter is not None and k > 0 else Draft([])
+    return StepPlan(len(context) - 1, [context[-1], *draft.tokens], draft, started, time.perf_counter())
+
+
+def finish_step(
+    plan: StepPlan,
+    logits: torch.Tensor,
+    hidden: torch.Tensor | None,
+    drafter: Drafter | None,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> StepResult:
+    """The second half: accept a prefix of the draft from the verify's [k+1, V] logits, draw one more."""
+    n_accepted, next_token = accept(logits, plan.draft.tokens, plan.draft.q, params, generator)
+    if hidden is not None:
+        drafter.observe(plan.position, plan.fed[: n_accepted + 1], hidden[0, : n_accepted + 1])
+    finished = time.perf_counter()
+    return StepResult(
+        tokens=[*plan.draft.tokens[:n_accepted], next_token],
+        drafted=len(plan.draft.tokens),
+        accepted=n_accepted,
+        draft_s=plan.drafted_at - plan.started,
+        verify_s=finished - plan.drafted_at,
+    )
+
+
 def speculative_step(
     target: Transformer,
     cache: KVCache,
@@ -51,33 +99,25 @@ def speculative_step(
     params: SamplingParams,
     generator: torch.Generator | None = None,
 ) -> StepResult:
-    """One draft/verify step from `context` (its last token pending). Returns the new tokens."""
-    position = len(context) - 1
-    k = max(0, min(k, cache.max_len - len(context)))  # the verify must fit the cache
-    started = time.perf_counter()
-    draft = drafter.propose(context, k, params, generator) if drafter is not None and k > 0 else Draft([])
-    drafted_at = time.perf_counter()
-    fed = [context[-1], *draft.tokens]
-    if getattr(drafter, "needs_hidden", False):  # a draft head reads the target's states of kept positions
-        logits, hidden = target(torch.tensor(fed), cache, position, return_hidden=True)
+    """One draft/verify step from `context` (its last token pending). Returns the new tokens.
+
+    `plan_step` + the verify forward + `finish_step`; llm/batch.py runs the same halves around one
+    forward shared by several sessions."""
+    plan = plan_step(cache, context, drafter, k, params, generator)
+    if needs_hidden(drafter):  # a draft head reads the target's states of kept positions
+        logits, hidden = target(torch.tensor(plan.fed), cache, plan.position, return_hidden=True)
     else:
-        logits, hidden = target(torch.tensor(fed), cache, position), None  # [k+1, V]
-    n_accepted, next_token = accept(logits, draft.tokens, draft.q, params, generator)
-    if hidden is not None:
-        drafter.observe(position, fed[: n_accepted + 1], hidden[0, : n_accepted + 1])
-    finished = time.perf_counter()
-    return StepResult(
-        tokens=[*draft.tokens[:n_accepted], next_token],
-        drafted=len(draft.tokens),
-        accepted=n_accepted,
-        draft_s=drafted_at - started,
-        verify_s=finished - drafted_at,
-    )
+        logits, hidden = target(torch.tensor(plan.fed), cache, plan.position), None  # [k+1, V]
+    return finish_step(plan, logits, hidden, drafter, params, generator)
+
+
+def needs_hidden(drafter: Drafter | None) -> bool:
+    return bool(getattr(drafter, "needs_hidden", False))
 
 
 def prefill_chunk(target: Transformer, piece: list[int], cache: KVCache, start: int, drafter: Drafter | None) -> None:
     """Feed a prefill chunk to the target; a drafter that reads hidden states is shown them."""
-    if getattr(drafter, "needs_hidden", False):
+    if needs_hidden(drafter):
         _, hidden = target(torch.tensor(piece), cache, start, return_hidden=True)
         drafter.observe(start, piece, hidden)
     else:

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Int4 weights (llm/quant.py): a forward of several sessions' rows uses the packed kernel up to this many
+# rows in all (measured in docs/llm.md, "Batching"); a single session's forward keeps quant.PACKED_MAX_ROWS.
+BATCH_PACKED_MAX_ROWS = 8
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor, "int | Tensor", int], Tensor]
 
@@ -139,6 +143,60 @@ class StepContext:
     sin: Tensor
 
 
+@dataclass
+class BatchRow:
+    """One session's part of a batched forward (`Transformer.forward_batch`): `tokens` written into its
+    own `cache` at `start`.. (a 1-token decode step, a (k+1)-token verify or a prefill chunk).
+
+    logits: which rows' logits come back — "all" (a verify), "last" (a decode step) or "none" (a prefill
+    chunk: the costly LM head is skipped for it); hidden: also return the final-norm hidden states of all
+    its positions (what a draft head reads).
+    """
+
+    tokens: list[int]
+    cache: KVCache
+    start: int
+    logits: str = "all"
+    hidden: bool = False
+
+
+@dataclass
+class RowSpan:
+    """Where one batch row sits in the packed forward and what its attention reads (as `StepContext`)."""
+
+    offset: int
+    T: int
+    positions: Tensor
+    start: int
+    kv_len: int
+    mask: Tensor | None
+
+
+@dataclass
+class BatchContext:
+    """A `StepContext` for rows of several sessions packed into one [1, M] forward: the linears see all M
+    tokens at once, attention runs per row over that row's own cache (`spans`); cos/sin are per token."""
+
+    spans: list[RowSpan]
+    cos: Tensor
+    sin: Tensor
+
+
+def forward_rows(model, rows: Sequence[BatchRow]) -> list[tuple[Tensor | None, Tensor | None]]:
+    """`forward_batch`, except that a single row is the plain call `model(tokens, cache, start, ...)` —
+    exactly what a session alone has always run, through whatever wraps the model (CUDA-graph replays:
+    `llm.cuda_graphs.GraphedModel`; compiled steps)."""
+    if len(rows) != 1:
+        return model.forward_batch(rows)
+    row = rows[0]
+    tokens = torch.tensor(row.tokens)
+    if row.hidden:
+        logits, hidden = model(tokens, row.cache, row.start, return_hidden=True)
+        return [(None if row.logits == "none" else logits[-1:] if row.logits == "last" else logits, hidden)]
+    logits = model(tokens, row.cache, row.start, last_only=row.logits != "all")
+    return [(None if row.logits == "none" else logits, None)]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -190,7 +248,10 @@ class Attention(nn.Module):
             self.qkv_proj = _fuse_linears([self.q_proj, self.k_proj, self.v_proj])
             del self.q_proj, self.k_proj, self.v_proj
 
-    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, ctx: StepContext) -> Tensor:
+    def forward(
+        self, x: Tensor, k_cache: Tensor | list[Tensor], v_cache: Tensor | list[Tensor],
+        ctx: StepContext | BatchContext,
+    ) -> Tensor:  # fmt: skip
         T = x.shape[1]
         if self.qkv_proj is not None:
             kv = self.n_kv_heads * self.head_dim
@@ -202,19 +263,32 @@ class Attention(nn.Module):
         v = v.view(1, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = q * ctx.cos + _rotate_half(q) * ctx.sin
         k = k * ctx.cos + _rotate_half(k) * ctx.sin
+        if isinstance(ctx, BatchContext):  # rows of several sessions: each attends over its own cache
+            y = torch.cat([
+                self._attend(q[:, :, span.offset : span.offset + span.T], k[:, :, span.offset : span.offset + span.T],
+                             v[:, :, span.offset : span.offset + span.T], kc, vc, span, x.dtype)
+                for span, kc, vc in zip(ctx.spans, k_cache, v_cache, strict=True)
+            ], dim=2) if len(ctx.spans) > 1 else self._attend(q, k, v, k_cache[0], v_cache[0], ctx.spans[0], x.dtype)
+        else:
+            y = self._attend(q, k, v, k_cache, v_cache, ctx, x.dtype)
+        return self.o_proj(y.transpose(1, 2).reshape(1, T, self.n_heads * self.head_dim))
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor,
+        ctx: StepContext | RowSpan, dtype: torch.dtype,
+    ) -> Tensor:  # fmt: skip
+        """Write k/v at ctx.positions and attend q ([1, H, T, hd]) over the cache up to ctx.kv_len."""
         k_cache.index_copy_(2, ctx.positions, k.to(k_cache.dtype))
         v_cache.index_copy_(2, ctx.positions, v.to(v_cache.dtype))
         if self.attention_fn is not None:
-            y = self.attention_fn(q, k_cache, v_cache, ctx.start, T)
-        else:
-            k, v = k_cache[:, :, : ctx.kv_len], v_cache[:, :, : ctx.kv_len]
-            if q.dtype != torch.float32 and q.device.type == "cpu":
-                # CPU SDPA in bf16 took 4-6x longer than in fp32 for one query (190-530 us vs 40-110 us
-                # per layer here); in fp32 it is also the more exact of the two.
-                q, k, v = q.float(), k.float(), v.float()
-            gqa = self.n_heads != self.n_kv_heads
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=gqa).to(x.dtype)
-        return self.o_proj(y.transpose(1, 2).reshape(1, T, self.n_heads * self.head_dim))
+            return self.attention_fn(q, k_cache, v_cache, ctx.start, q.shape[2])
+        k, v = k_cache[:, :, : ctx.kv_len], v_cache[:, :, : ctx.kv_len]
+        if q.dtype != torch.float32 and q.device.type == "cpu":
+            # CPU SDPA in bf16 took 4-6x longer than in fp32 for one query (190-530 us vs 40-110 us
+            # per layer here); in fp32 it is also the more exact of the two.
+            q, k, v = q.float(), k.float(), v.float()
+        gqa = self.n_heads != self.n_kv_heads
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=gqa).to(dtype)
 
 
 class MLP(nn.Module):
@@ -248,7 +322,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, ctx: StepContext) -> Tensor:
+    def forward(
+        self, x: Tensor, k_cache: Tensor | list[Tensor], v_cache: Tensor | list[Tensor],
+        ctx: StepContext | BatchContext,
+    ) -> Tensor:  # fmt: skip
         x = x + self.self_attn(self.input_layernorm(x), k_cache, v_cache, ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -421,6 +498,88 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         hidden = self.norm(x)
         return self.lm_head(hidden)[0].float(), hidden
+
+    def forward_batch(self, rows: Sequence[BatchRow]) -> list[tuple[Tensor | None, Tensor | None]]:
+        """One forward over rows of different sessions: per row (fp32 logits [T or 1, vocab] or None,
+        final-norm hidden [1, T, dim] or None), as `forward` would return them for that row alone.
+
+        The rows' tokens are packed into one [1, M] sequence, so every linear runs once with M rows (a CPU
+        decode step is memory-bound: 8 rows cost far less than 8 steps); attention, RoPE positions and the
+        keys/values written are each row's own, so rows never see each other and each session keeps its own
+        cache and rollback. A single row runs the plain `forward` (compiled / CUDA-graph steps included).
+        """
+        if not rows:
+            return []
+        caches = {id(row.cache) for row in rows}
+        if len(caches) != len(rows):
+            raise ValueError("two rows of one batch write the same cache")
+        for row in rows:
+            T = len(row.tokens)
+            if T == 0:
+                raise ValueError("a batch row needs at least one token")
+            if row.start < 0 or row.start + T > row.cache.max_len:
+                raise ValueError(f"positions {row.start}..{row.start + T} do not fit a cache of {row.cache.max_len}")
+            if row.logits not in ("all", "last", "none"):
+                raise ValueError(f"logits must be all, last or none, got {row.logits!r}")
+        if len(rows) == 1:
+            row = rows[0]
+            logits, hidden = self.forward(torch.tensor(row.tokens), row.cache, row.start,
+                                          last_only=row.logits != "all" and not row.hidden, return_hidden=True)
+            if row.hidden and row.logits == "last":
+                logits = logits[-1:]
+            return [(None if row.logits == "none" else logits, hidden if row.hidden else None)]
+        from llm.quant import packed_rows_limit
+
+        token = packed_rows_limit.set(BATCH_PACKED_MAX_ROWS)
+        try:
+            with self.lock, torch.inference_mode():
+                return self.run_batch(rows)
+        finally:
+            packed_rows_limit.reset(token)
+
+    def run_batch(self, rows: Sequence[BatchRow]) -> list[tuple[Tensor | None, Tensor | None]]:
+        """`forward_batch` without the lock and checks (see there)."""
+        device = self.device
+        spans, offset, positions = [], 0, []
+        for row in rows:
+            T = len(row.tokens)
+            pos = torch.arange(row.start, row.start + T, device=device)
+            kv_len = row.start + T
+            mask = torch.arange(kv_len, device=device).unsqueeze(0) <= pos.unsqueeze(1) if T > 1 else None
+            spans.append(RowSpan(offset, T, pos, row.start, kv_len, mask))
+            positions.append(pos)
+            offset += T
+        every = torch.cat(positions)
+        ctx = BatchContext(spans, self.rope_cos.index_select(0, every), self.rope_sin.index_select(0, every))
+        tokens = torch.tensor([t for row in rows for t in row.tokens], device=device).unsqueeze(0)
+        x = self.embed_tokens(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, [row.cache.k[i] for row in rows], [row.cache.v[i] for row in rows], ctx)
+        # Final norm only where something is returned, the LM head only for the rows whose logits are wanted.
+        normed, head = [], []  # token indices into x; indices into the normed rows
+        for row, span in zip(rows, spans, strict=True):
+            first = len(normed)
+            if row.hidden:
+                normed.extend(range(span.offset, span.offset + span.T))
+                head.extend([] if row.logits == "none" else
+                            range(first, first + span.T) if row.logits == "all" else [first + span.T - 1])
+            elif row.logits == "all":
+                normed.extend(range(span.offset, span.offset + span.T))
+                head.extend(range(first, first + span.T))
+            elif row.logits == "last":
+                normed.append(span.offset + span.T - 1)
+                head.append(first)
+        if not normed:
+            return [(None, None) for _ in rows]
+        hidden = self.norm(x[:, torch.tensor(normed, device=device)])
+        logits = self.lm_head(hidden[:, torch.tensor(head, device=device)])[0].float() if head else None
+        out, n_at, h_at = [], 0, 0
+        for row, span in zip(rows, spans, strict=True):
+            n = span.T if row.hidden or row.logits == "all" else (1 if row.logits == "last" else 0)
+            h = 0 if row.logits == "none" else (span.T if row.logits == "all" else 1)
+            out.append((logits[h_at : h_at + h] if h else None, hidden[:, n_at : n_at + n] if row.hidden else None))
+            n_at, h_at = n_at + n, h_at + h
+        return out
 
     def forward(
         self,

@@ -18,6 +18,7 @@ else bf16. A 1-token decode step runs the packed weights, a (k+1)-token verify o
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 from pathlib import Path
@@ -31,6 +32,9 @@ GROUP = 32
 QUANT_MODES = ("none", "int4")
 # Rows of activations up to which the packed kernels are used (1: decode steps only; measured, see above).
 PACKED_MAX_ROWS = 1
+# A batched forward (llm/batch.py) of several sessions' rows overrides that limit while it runs: per row
+# the packed kernel's cost is flat, so up to ~8 rows it still beats bf16 (docs/llm.md, "Batching").
+packed_rows_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("packed_rows_limit", default=None)
 
 _LAYER_TENSORS = {  # our module path inside a block -> the GGUF tensors it concatenates, in order
     "self_attn.qkv_proj": ("attn_q", "attn_k", "attn_v"),
@@ -158,7 +162,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
-        if rows > self.max_rows:
+        if rows > (packed_rows_limit.get() or self.max_rows):
             return F.linear(x, self.weight, self.bias)
         y = self._packed(x.reshape(rows, self.in_features)).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
@@ -200,7 +204,7 @@ class Q8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
-        if rows > self.max_rows:
+        if rows > (packed_rows_limit.get() or self.max_rows):
             return F.linear(x, self.weight, self.bias)
         x2d = x.reshape(rows, self.in_features)
         mm = torch.ops.aten._weight_int4pack_mm_for_cpu

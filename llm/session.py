@@ -26,7 +26,8 @@ API (stable; used by app/conversation.py and app/turn.py):
 - `generate(max_tokens, sampling, cancel, stop)`: yields `ReplyDelta(text, token_ids)`; stops on EOS, a
   stop string, max tokens, a full context, or `cancel` (checked before every step, so it returns within
   one step). `finish_reason` says which. A cancelled reply stays open until `truncate_reply` /
-  `discard_reply` (or the next `extend`, which keeps it whole).
+  `discard_reply` (or the next `extend`, which keeps it whole). It returns a `llm.generation.Generation`:
+  an iterator (`next()`, `close()`) whose steps llm/batch.py can also run together with other sessions'.
 - `discard_reply()`: drop the reply (open or finished) and reopen the user turn it answered.
 - `truncate_reply(spoken_text)`: the last reply becomes exactly what was spoken (may be "").
 - `add_turn(user_text, reply_text=None)`: a whole text turn (and optionally the assistant's answer).
@@ -45,7 +46,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,8 @@ import torch
 
 from llm.chat_turns import ChatTurns, SessionError, Turn
 from llm.drafters import common_prefix
-from llm.engine import AdaptiveK, Engine, prefill_chunk, speculative_step
+from llm.engine import AdaptiveK, Engine, prefill_chunk
+from llm.generation import Generation
 from llm.sampling import GREEDY, SamplingParams
 
 CHUNK = 16
@@ -302,74 +303,12 @@ class Session(ChatTurns):
         sampling: SamplingParams = GREEDY,
         cancel: threading.Event | None = None,
         stop: tuple[str, ...] = (),
-    ) -> Iterator[ReplyDelta]:
-        """Reply token by token (speculatively when the engine has a drafter). See the module docstring."""
-        with self._lock:
-            reply = self._reply_turn()
-            self._fit(self.tokens(), reserve=min(max_tokens, self.max_context // 2))
-            self._sync(whole_chunks_only=False)
-            version = self._version
-        stats = SessionStats()
-        self.last_reply, self.finish_reason = stats, None
-        started = time.perf_counter()
-        emitted = len(self.tokenizer.decode(reply.tokens)) if reply.tokens else 0
-        produced = 0
-        reason = None
-        try:
-            while reason is None:
-                if cancel is not None and cancel.is_set():
-                    reason = "cancelled"
-                    break
-                with self._lock:
-                    if self._version != version or self._open is not reply:
-                        reason = "cancelled"  # history changed under us (discard/truncate/extend)
-                        break
-                    context = self.tokens()
-                    room = self.max_context - len(context)
-                    if room <= 0:
-                        reason = "context"
-                        break
-                    result = speculative_step(self.model, self.cache, context, self.drafter, min(self.k.k, room - 1),
-                                              sampling, self.generator)  # fmt: skip
-                    self._cached = context + result.tokens[:-1]  # pending + accepted drafts were fed
-                    self.k.update(result.drafted, result.accepted)
-                    new = result.tokens
-                    for i, token in enumerate(new):
-                        if token in self.eos_ids:
-                            new, reason = new[:i], "eos"
-                            break
-                    if produced + len(new) >= max_tokens:
-                        new, reason = new[: max_tokens - produced], reason or "length"
-                    produced += len(new)
-                    reply.tokens += new
-                    stats.steps += 1
-                    stats.generated += len(result.tokens)
-                    stats.drafted += result.drafted
-                    stats.accepted += result.accepted
-                    stats.draft_s += result.draft_s
-                    stats.verify_s += result.verify_s
-                    stats.step_sizes.append(len(result.tokens))
-                    if stats.first_token_s is None:
-                        stats.first_token_s = time.perf_counter() - started
-                    text = self.tokenizer.decode(reply.tokens)
-                    cut = _find_stop(text, stop)
-                    if cut is not None:
-                        text, reason = text[:cut], "stop"
-                        reply.tokens = self._encode(text)
-                    safe = len(text) if reason else _stable_length(text, stop)
-                    delta = text[emitted:safe]
-                    emitted = max(emitted, safe)
-                    reply.text = text
-                if delta or new:
-                    yield ReplyDelta(delta, new)
-        finally:  # also when the caller stops iterating early: that counts as a cancellation
-            reason = reason or "cancelled"
-            stats.generate_s = time.perf_counter() - started
-            self.stats.add(stats)
-            self.finish_reason = reason
-            with self._lock:
-                if reason != "cancelled" and self._open is reply:
-                    self._close_open()
+    ) -> Generation:
+        """Reply token by token (speculatively when the engine has a drafter). See the module docstring.
+
+        Returns a `Generation`: an iterator of deltas (nothing runs before the first `next()`; `close()`
+        ends it) whose steps llm/batch.py can also run in forwards shared with other sessions."""
+        return Generation(self, max_tokens, sampling, cancel, stop)
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,6 +20,7 @@ model's choices.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,11 @@ from llm.token_mask import ConstrainedDecoder, Vocabulary, choose_masked
 
 CALL_OPEN = "<tool_call>\n"
 CALL_CLOSE = "\n</tool_call>"
-NAME_PREFIX = '{"name": '
+# No trailing space: the tokenizer writes ` "` as one token, so the space belongs to the name's first token
+# (a lone " " token would be text the model has rarely seen before a JSON string).
+NAME_PREFIX = '{"name":'
+NAME_CHOICES = ("greedy", "likelihood", "channel")
+Example = tuple[str, dict[str, Any]]  # (what the user says, the call's arguments)
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,14 @@ def style_for(tokenizer: Any) -> str:
     return "qwen" if "<tool_call>" in str(template) else "compact"
 
 
-def tools_prompt(tools: list[ToolSpec], style: str) -> str:
-    """The text appended to the system prompt that tells the model about the tools."""
+def tools_prompt(
+    tools: list[ToolSpec], style: str, examples: dict[str, list[Example]] | None = None
+) -> str:
+    """The text appended to the system prompt that tells the model about the tools.
+
+    `examples` (compact style): per tool name, (user text, arguments) pairs written out as calls in the
+    exact syntax the call uses, a few-shot prompt that a small model copies more reliably than it follows
+    a listing; under the key "", (user text, plain answer) pairs: turns that need no tool."""
     if style == "qwen":
         listing = "\n".join(
             json.dumps(
@@ -79,11 +90,26 @@ def tools_prompt(tools: list[ToolSpec], style: str) -> str:
         props = t.parameters.get("properties") or {}
         args = ", ".join(f"{name}: {_type_name(schema)}" for name, schema in props.items())
         lines.append(f"- {t.name}({args}): {t.description}")
-    return (
+    text = (
         "You can use these tools. To use one, reply with <tool_call> and a JSON object with the tool's "
         'name and arguments, like <tool_call>\n{"name": "tool_name", "arguments": {...}}\n</tool_call>. '
         "Otherwise just answer.\nTools:\n" + "\n".join(lines)
     )
+    shots = [
+        f"User: {said}\n{call_text(t.name, arguments)}"
+        for t in tools
+        for said, arguments in (examples or {}).get(t.name, [])
+    ]
+    shots += [f"User: {said}\n{answer}" for said, answer in (examples or {}).get("", [])]
+    if shots:
+        text += "\n\nExamples:\n" + "\n".join(shots)
+    return text
+
+
+def call_text(name: str, arguments: dict[str, Any]) -> str:
+    """A call as it stands in a reply (the same spelling `write_call` produces)."""
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False, separators=(", ", ": "))
+    return CALL_OPEN + body + CALL_CLOSE
 
 
 def _type_name(schema: dict[str, Any]) -> str:
@@ -93,11 +119,74 @@ def _type_name(schema: dict[str, Any]) -> str:
     return "/".join(kind) if isinstance(kind, list) else str(kind)
 
 
+MAX_SPAN_WORDS = 5
+_EDGE_PUNCTUATION = ".,!?;:\"()[]"
+
+
+def utterance_spans(text: str, max_words: int = MAX_SPAN_WORDS) -> list[str]:
+    """Every run of 1..max_words words of `text`, punctuation trimmed at the edges, first seen first."""
+    words = text.split()
+    spans: dict[str, None] = {}
+    for n in range(1, max_words + 1):
+        for i in range(len(words) - n + 1):
+            span = " ".join(words[i : i + n]).strip(_EDGE_PUNCTUATION + " ")
+            if span and '"' not in span and "\\" not in span:
+                spans.setdefault(span, None)
+    return list(spans)
+
+
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}  # fmt: skip
+
+
+def utterance_numbers(text: str) -> list[int]:
+    """The whole numbers in `text` (digits, "4,172", or the words zero to twelve), first seen first."""
+    found = [int(m.replace(",", "")) for m in re.findall(r"\d[\d,]*\d|\d", text)]
+    found += [_NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _NUMBER_WORDS]
+    return list(dict.fromkeys(found))
+
+
+def copy_spans(tools: list[ToolSpec], text: str) -> list[ToolSpec]:
+    """The tools with every free string parameter (type string, no enum) limited to spans of `text`,
+    and every free integer parameter to the numbers said in it (when there are any in its range).
+
+    For tools whose strings name things the user said (a guest, an event, a reason): the value is then a
+    choice among the user's own words, made by the model under the mask, instead of free text a small
+    model can run away with ("Friday_Dinner_Lisa_On_Lisa_On..."). A string with no span to offer is
+    left free."""
+    spans = utterance_spans(text)
+    if not spans:
+        return tools
+    out = []
+    for tool in tools:
+        props = tool.parameters.get("properties") or {}
+        changed = {
+            name: {k: v for k, v in schema.items() if k not in ("type", "minLength", "maxLength")}
+            | {"enum": [s for s in spans if schema.get("minLength", 0) <= len(s) <= schema.get("maxLength", 10**6)]}
+            for name, schema in props.items()
+            if schema.get("type") == "string" and "enum" not in schema and "const" not in schema
+        }
+        numbers = utterance_numbers(text)
+        changed |= {
+            name: {k: v for k, v in schema.items() if k not in ("type", "minimum", "maximum")}
+            | {"enum": [n for n in numbers if schema.get("minimum", -(10**15)) <= n <= schema.get("maximum", 10**15)]}
+            for name, schema in props.items()
+            if schema.get("type") == "integer" and "enum" not in schema and "const" not in schema
+        }
+        changed = {name: schema for name, schema in changed.items() if schema["enum"]}
+        out.append(
+            ToolSpec(tool.name, tool.description, {**tool.parameters, "properties": {**props, **changed}})
+            if changed
+            else tool
+        )
+    return out
+
+
 def call_grammar(tools: list[ToolSpec], vocab: Vocabulary) -> Alt:
     """`"name", "arguments": {...}}`: the name chooses the argument schema (what follows NAME_PREFIX)."""
     if not tools:
         raise ValueError("no tools to call")
-    heads = tuple(json.dumps(t.name) + ', "arguments": ' for t in tools)
+    heads = tuple(" " + json.dumps(t.name) + ', "arguments": ' for t in tools)
     bodies = tuple(Seq((compile_schema(t.parameters, vocab.writable), Lit(("}",)))) for t in tools)
     return Alt(heads, bodies)
 
@@ -122,11 +211,45 @@ def write_call(
     sampling: SamplingParams = GREEDY,
     generator: torch.Generator | None = None,
     cancel: threading.Event | None = None,
+    name_choice: str = "greedy",
+    spans_from: str | None = None,
+    name_prior: dict[str, float] | None = None,
+    utterance: str | None = None,
+    examples: dict[str, list[Example]] | None = None,
 ) -> WrittenCall:
-    """Write one tool call as the reply (see the module docstring); it joins the history, closed."""
+    """Write one tool call as the reply (see the module docstring); it joins the history, closed.
+
+    `name_choice`: "greedy" writes the name token by token under the mask like the arguments;
+    "likelihood" scores every whole tool name by the model's own log-probability (one forward per tool)
+    and writes the most likely, so names that share a first token ("who_...", "write_...") are told
+    apart by the model rather than by the first token alone. `spans_from`: the user's words; free string
+    arguments are then spans of them (`copy_spans`). `name_prior` ("likelihood" only): per tool name, a
+    log-probability subtracted from its score — the same name's score after a content-free user turn
+    (`name_log_likelihoods`), so a name the prompt favours whatever is said does not win by default
+    (contextual calibration). "channel": the tool under which the user's `utterance` is most likely
+    (`channel_scores`, with the tools' `examples`)."""
+    if name_choice not in NAME_CHOICES:
+        raise ValueError(f"name_choice must be one of {', '.join(NAME_CHOICES)}, got {name_choice!r}")
     vocab = Vocabulary.of(session.tokenizer)
-    decoder = ConstrainedDecoder(call_grammar(tools, vocab), vocab)
+    if spans_from:
+        tools = copy_spans(tools, spans_from)
     session.append_reply(_ids(session.tokenizer, CALL_OPEN + NAME_PREFIX))
+    if name_choice == "channel" and len(tools) > 1:
+        if not utterance:
+            raise ValueError('name_choice="channel" needs the utterance')
+        scores = channel_scores(session, tools, utterance, examples)
+        tools = [tools[max(range(len(tools)), key=scores.__getitem__)]]
+    if name_choice == "likelihood" and len(tools) > 1:
+        scores = _name_scores(session, tools)
+        prior = name_prior or {}
+        best = max(range(len(tools)), key=lambda i: scores[i] - prior.get(tools[i].name, 0.0))
+        tools = [tools[best]]
+    decoder = ConstrainedDecoder(call_grammar(tools, vocab), vocab)
+    if len(tools) == 1:  # the head is fixed: force it in one go rather than one forward per token
+        head = _ids(session.tokenizer, call_grammar(tools, vocab).heads[0])
+        for token in head:
+            decoder.advance(token)
+        session.append_reply(head)
     while not decoder.done:
         if cancel is not None and cancel.is_set():
             session.discard_reply()
@@ -138,6 +261,64 @@ def write_call(
     session.close_reply()
     call = json.loads(NAME_PREFIX + decoder.text)
     return WrittenCall(call["name"], call["arguments"], CALL_OPEN + NAME_PREFIX + decoder.text + CALL_CLOSE)
+
+
+def name_log_likelihoods(session: Any, tools: list[ToolSpec]) -> dict[str, float]:
+    """log P(tool name | the conversation, the call opened) for each tool; the history is left as it was
+    (the open user turn stays open). For `write_call`'s `name_prior`: call it after a content-free
+    user turn such as "N/A"."""
+    session.append_reply(_ids(session.tokenizer, CALL_OPEN + NAME_PREFIX))
+    try:
+        scores = _name_scores(session, tools)
+    finally:
+        session.discard_reply()
+    return {t.name: score for t, score in zip(tools, scores, strict=True)}
+
+
+def channel_scores(
+    session: Any, tools: list[ToolSpec], utterance: str, examples: dict[str, list[Example]] | None = None
+) -> list[float]:
+    """log P(utterance | a tool's description and examples) for each tool: the "noisy channel" direction.
+
+    A small model's P(tool | utterance) leans on the prompt more than on what was said; asking instead how
+    well each tool explains the utterance uses all of its words (Min et al., 2022, noisy channel prompting).
+    One forward per tool over a short plain-text context of its own (a scratch cache, not the session's)."""
+    model, tokenizer = session.model, session.tokenizer
+    said = _ids(tokenizer, " " + utterance.strip() + '"')
+    scores = []
+    for tool in tools:
+        shots = (examples or {}).get(tool.name, [])
+        prefix = tool.description + "".join(f'\nA request of this kind: "{text}"' for text, _ in shots)
+        context = _ids(tokenizer, prefix + "\nA request of this kind:")
+        ids = context + said
+        cache = model.new_cache(len(ids))
+        with torch.no_grad():
+            logits = model(torch.tensor(ids[:-1]), cache, 0)
+        logp = torch.log_softmax(logits[len(context) - 1 :].float(), dim=-1)
+        scores.append(float(logp[torch.arange(len(said)), torch.tensor(said)].sum()))
+    return scores
+
+
+def _name_scores(session: Any, tools: list[ToolSpec]) -> list[float]:
+    """Sum of token log-probs of each ` "name",` after the reply so far (the closing quote counts too).
+
+    Each candidate is one forward over its tokens at the positions past the conversation; those cache
+    slots hold nothing the session relies on (it overwrites them with the next real tokens)."""
+    first = torch.log_softmax(session.next_token_logits().float(), dim=-1)  # caches the whole conversation
+    position = len(session.tokens())
+    scores = []
+    for tool in tools:
+        ids = _ids(session.tokenizer, " " + json.dumps(tool.name) + ",")
+        score = float(first[ids[0]])
+        if len(ids) > 1:
+            if position + len(ids) >= session.max_context:
+                raise ValueError("no room in the context to score the tool names")
+            with session._lock, torch.no_grad():
+                logits = session.model(torch.tensor(ids[:-1]), session.cache, position)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            score += float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+        scores.append(score)
+    return scores
 
 
 def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:

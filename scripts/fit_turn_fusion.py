@@ -3,8 +3,9 @@
     .venv/bin/python scripts/fit_turn_fusion.py [--features /tmp/turn_features.jsonl] [--write]
 
 Training set (made here, never the benchmark's questions, nor the tests' sentences): SENTENCES below, each
-spoken complete and cut at a random word boundary, by three voices that `bench voice` does not use -- Piper
-joe (the assistant's own voice), flite "rms" and flite "awb" -- with 300 ms of silence before, a pause of
+spoken complete and cut at a random word boundary, by four voices that `bench voice` does not use -- Piper
+joe (the assistant's own voice), flite "rms" and "awb", festival "ked" (Debian's festvox-kdlpc16k) -- with
+300 ms of silence before, a pause of
 200-1500 ms after the cut (what the speaker would pause before going on; the cut is made in the
 complete sentence's audio at a word boundary, see make_clips), and background noise (white or
 babble-like brown noise at 10-20 dB SNR) on a third of the clips. For each clip, at the moment the
@@ -15,8 +16,9 @@ Fit: logistic regression (numpy, Newton steps, light L2) of complete vs cut, for
 alone, on the sentences of the training split (2/3); thresholds per eagerness (shaping a graded wait,
 asr.endpointing.graded_wait) by a grid search on the training split: the shortest mean + 0.25 x p95 wait on
 complete clips whose simulated false-endpoint share on cut clips (wait < their pause) stays within the
-eagerness's budget; reported on the held-out third. --write
-saves asr/data/turn_fusion.json.
+eagerness's budget; reported on the held-out third. --write saves asr/data/turn_fusion.json. A features
+file that lacks a voice of VOICES is extended by measuring only that voice (its clips have their own seeded
+random stream, so the other voices' clips stay as they were).
 """
 
 from __future__ import annotations
@@ -80,7 +82,10 @@ SENTENCES = [
     "Can you spell the word necessary for me?",
     "What is the tallest building in the world?",
 ]
-VOICES = ("joe", "rms", "awb")
+# Piper joe (the assistant's own voice), flite rms and awb, festival ked (a diphone voice, Debian's
+# festvox-kdlpc16k): four voices, none of which `bench voice` uses (espeak-ng, flite slt/kal).
+VOICES = ("joe", "rms", "awb", "ked")
+FIRST_VOICES = 3  # the first fit's voices; later ones draw their randomness from their own stream (below)
 
 
 # --- clips -------------------------------------------------------------------------------------------
@@ -93,7 +98,12 @@ def synth(text: str, voice: str, piper) -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "x.wav"
-        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(wav)], check=True, capture_output=True)
+        if voice == "ked":  # festival (text2wave reads the text from a file)
+            (Path(tmp) / "x.txt").write_text(text)
+            command = ["text2wave", "-eval", "(voice_ked_diphone)", str(Path(tmp) / "x.txt"), "-o", str(wav)]
+        else:
+            command = ["flite", "-voice", voice, "-t", text, "-o", str(wav)]
+        subprocess.run(command, check=True, capture_output=True)
         audio, rate = sf.read(wav, dtype="float32")
     return resample(audio, rate, RATE)
 
@@ -125,42 +135,62 @@ def cut_point(audio: np.ndarray, words: list, k: int) -> int | None:
     return min(frames)[1] + 80
 
 
-def make_clips(transcriber, seed: int = 7) -> list[dict]:
+def make_clips(transcriber, seed: int = 7, voices: tuple[str, ...] = VOICES) -> list[dict]:
     """Each sentence spoken whole by each voice; the cut clip is the *same audio* cut at a word boundary
     (found by Whisper's word alignment), so it keeps the mid-sentence prosody of a speaker who goes on --
-    synthesising the fragment as text would give it a finished sentence's falling pitch."""
+    synthesising the fragment as text would give it a finished sentence's falling pitch.
+
+    The first fit's voices (VOICES[:FIRST_VOICES]) share one seeded stream, as they did then; each voice
+    added later draws from its own (`seed` + 1000 + its index), so adding a voice changes no earlier clip
+    and a features file can be extended by measuring only the new voice (`--voices`)."""
     from app.profiles import TTS_JOE
     from app.store import fetch
     from tts.piper_voice import Voice
 
-    rng = np.random.default_rng(seed)
     piper = Voice(fetch(TTS_JOE, progress=False))
+    clips: list[dict] = []
+    first = VOICES[:FIRST_VOICES]
+    if set(first) & set(voices):
+        rng = np.random.default_rng(seed)
+        for i, sentence in enumerate(SENTENCES):
+            cut_at = int(rng.integers(2, len(sentence.split()) - 1))  # >= two words said, >= two to come
+            for voice in first:
+                clips += _clip_pair(transcriber, piper, rng, i, sentence, voice, cut_at)
+        clips = [c for c in clips if c["voice"] in voices]
+    for v, voice in enumerate(VOICES[FIRST_VOICES:], FIRST_VOICES):
+        if voice not in voices:
+            continue
+        rng = np.random.default_rng(seed + 1000 + v)
+        for i, sentence in enumerate(SENTENCES):
+            cut_at = int(rng.integers(2, len(sentence.split()) - 1))
+            clips += _clip_pair(transcriber, piper, rng, i, sentence, voice, cut_at)
+    return clips
+
+
+def _clip_pair(transcriber, piper, rng, i: int, sentence: str, voice: str, cut_at: int) -> list[dict]:
+    """The complete clip and the cut one (pause, noise drawn from `rng`)."""
+    speech = trim(synth(sentence, voice, piper))
+    aligned = transcriber.transcribe(speech, word_timestamps=True).words
+    cut = cut_point(speech, aligned, min(cut_at, len(aligned) - 1))
     clips = []
-    for i, sentence in enumerate(SENTENCES):
-        n_words = len(sentence.split())
-        cut_at = int(rng.integers(2, n_words - 1))  # at least two words said, at least two to come
-        for voice in VOICES:
-            speech = trim(synth(sentence, voice, piper))
-            aligned = transcriber.transcribe(speech, word_timestamps=True).words
-            cut = cut_point(speech, aligned, min(cut_at, len(aligned) - 1))
-            for complete in (True, False):
-                if not complete and cut is None:
-                    continue
-                part = speech if complete else speech[:cut]
-                tail = 96  # ms of silence when the conversation asks (the first silent VAD frames)
-                audio = np.concatenate([np.zeros(int(0.3 * RATE)), part, np.zeros(tail * RATE // 1000)])
-                noisy = rng.random() < 1 / 3
-                snr = float(rng.uniform(10, 20))
-                kind = str(rng.choice(["white", "brown"]))
-                if noisy:
-                    audio = add_noise(audio, rng, snr, kind)
-                clips.append({
-                    "sentence": i, "voice": voice, "complete": complete,
-                    "text": sentence if complete else " ".join(w.text.strip() for w in aligned[:cut_at]),
-                    "pause_ms": None if complete else float(rng.uniform(200, 1500)),
-                    "noise": f"{kind} {snr:.0f} dB" if noisy else None,
-                    "audio": audio.astype(np.float32),
-                })
+    for complete in (True, False):
+        if not complete and cut is None:
+            continue
+        part = speech if complete else speech[:cut]
+        tail = 96  # ms of silence when the conversation asks (the first silent VAD frames)
+        audio = np.concatenate([np.zeros(int(0.3 * RATE)), part, np.zeros(tail * RATE // 1000)])
+        noisy = rng.random() < 1 / 3
+        snr = float(rng.uniform(10, 20))
+        kind = str(rng.choice(["white", "brown"]))
+        if noisy:
+            audio = add_noise(audio, rng, snr, kind)
+        clips.append({
+            "sentence": i, "voice": voice, "complete": complete,
+            "text": sentence if complete else " ".join(w.text.strip() for w in aligned[:cut_at]),
+            "pause_ms": None if complete else float(rng.uniform(200, 1500)),
+            "noise": f"{kind} {snr:.0f} dB" if noisy else None,
+            "audio": audio.astype(np.float32),
+        })  # fmt: skip
     return clips
 
 
@@ -333,14 +363,14 @@ def main() -> int:
                     help="measured signals (re-used when present; delete to measure again)")
     ap.add_argument("--write", action="store_true", help="save asr/data/turn_fusion.json")
     args = ap.parse_args()
-    if args.features.exists():
-        rows = [json.loads(line) for line in args.features.read_text().splitlines()]
-    else:
+    rows = [json.loads(line) for line in args.features.read_text().splitlines()] if args.features.exists() else []
+    missing = tuple(v for v in VOICES if v not in {r["voice"] for r in rows})
+    if missing:  # measure only the voices the features file lacks (seconds per clip)
         from app.assistant import Assistant
         from app.config import load_config
 
         assistant = Assistant.load(load_config(environ={}))
-        rows = measure(assistant, make_clips(assistant.transcriber))
+        rows += measure(assistant, make_clips(assistant.transcriber, voices=missing))
         args.features.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data, report = fit(rows)
     for name, numbers in report.items():

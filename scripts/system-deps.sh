@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: PortAudio (sounddevice), PulseAudio (the `talk` test's audio
 # server), Chromium (the browser-page test), sox, espeak-ng and flite (voices for `bench voice` questions and
-# the turn-taking calibration that are not the assistant's own). Installs only what is missing; a no-op when all are there.
+# the turn-taking calibration that are not the assistant's own). `--calibration` adds festival with
+# festvox-kdlpc16k (the calibration's fourth voice, scripts/fit_turn_fusion.py; no test needs it).
+# Installs only what is missing; a no-op when all are there.
 set -euo pipefail
 packages=(libportaudio2 pulseaudio pulseaudio-utils chromium chromium-driver sox espeak-ng flite)
+[ "${1:-}" = "--calibration" ] && packages+=(festival festvox-kdlpc16k)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -75,8 +75,10 @@ class Segmenter:
             if first and words_before >= min_words and any(text.startswith(d, i) for d in _DASHES):
                 return i + 1
         words = text.split()
-        if first and len(words) > self.first_max_words and text[-1].isspace():
-            # No punctuation soon: cut after a few words rather than wait for the whole sentence.
+        if first and len(words) > self.first_max_words:
+            # No punctuation soon: cut after a few words rather than wait for the whole sentence. A word
+            # after them proves they are complete (LLM tokens carry their *leading* space, " weather", so
+            # the text seldom ends in one: waiting for that kept the whole first sentence as one piece).
             return self._index_after_words(text, self.first_max_words)
         if len(text) > self.max_chars and text[-1].isspace():
             return self._index_after_words(text, len(words) - 1)

@@ -1,4 +1,4 @@
-"""`specvoice bench {llm,voice,serve,gpu}`: side-by-side benchmarks that print a table and write JSON."""
+"""`specvoice bench {llm,voice,serve,gpu,tools}`: side-by-side benchmarks that print a table and write JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "voice": ("app.bench_voice", "turn taking: wait after speech, false endpoints; configurations vs sequential"),
     "serve": ("app.bench_serve", "concurrent websocket sessions: latency, errors, memory"),
     "gpu": ("llm.bench_gpu", "GPU step times, FP8 vs bf16, kernels vs reference (random weights)"),
+    "tools": ("app.bench_tools", "spoken commands -> tool calls: decision, tool and argument accuracy, timings"),
 }
 
 

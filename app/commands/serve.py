@@ -8,6 +8,8 @@ import contextlib
 import logging
 import signal
 
+from app.commands import add_skill_argument, apply_skills, install_skills
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a Host name clients may use besides loopback ones, e.g. voice.example.com (repeatable)",
     )
+    add_skill_argument(parser)
 
 
 def run(args: argparse.Namespace, config) -> int:
@@ -74,7 +77,9 @@ def run(args: argparse.Namespace, config) -> int:
     from app.assistant import Assistant
 
     print("loading models...", flush=True)
+    apply_skills(args, config)
     assistant = Assistant.load(config)
+    install_skills(assistant)
     return asyncio.run(_serve(assistant, config))
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.commands import add_skill_argument, apply_skills, install_skills
+
 if TYPE_CHECKING:
     from app.echo import EchoCanceller
 
@@ -45,6 +47,7 @@ def open_sounddevice() -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    add_skill_argument(parser)
     parser.add_argument(
         "--input", metavar="DEVICE", help="microphone: index or part of the name (default: system)"
     )
@@ -349,7 +352,9 @@ def run(args: argparse.Namespace, config) -> int:
     from app.assistant import Assistant
 
     print("loading models...", flush=True)
+    apply_skills(args, config)
     assistant = Assistant.load(config)
+    install_skills(assistant)
     conv_config = dataclasses.replace(
         config.conversation, echo_policy="full_duplex" if args.headset or aec else "half_duplex"
     )

@@ -20,6 +20,7 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from app.batch_lane import lane_stats
 from app.config import Config
 from app.server import http, redact
 from app.server.realtime import RealtimeSession
@@ -41,6 +42,27 @@ def check_bind(config: Config) -> None:
             f"refusing to listen on {config.server.host} without a token: set one with --token or "
             "SPECVOICE_SERVER_TOKEN (clients send it as 'Authorization: Bearer' or ?token=)"
         )
+
+
+_frozen_by = 0  # servers running in this process (tests run several, nested)
+
+
+def _freeze_heap() -> None:
+    """Models and libraries are loaded: keep them out of every later collection, so the collection after
+    each session costs milliseconds, not the second a full pass over torch and transformers takes."""
+    global _frozen_by
+    if _frozen_by == 0:
+        gc.collect()
+        gc.freeze()
+    _frozen_by += 1
+
+
+def _thaw_heap() -> None:
+    """Only the last server to close unfreezes: one closing must not make every other one's collections slow."""
+    global _frozen_by
+    _frozen_by -= 1
+    if _frozen_by == 0:
+        gc.unfreeze()
 
 
 class Server:
@@ -78,6 +100,8 @@ class Server:
             "total_sessions": self.total_sessions,
             "refused": self.refused,
             "rss_mb": rss_mb,
+            # Per model lane: calls, queue wait, busy seconds (which stage queues under load; `bench serve`).
+            "lanes": lane_stats(getattr(self.assistant, "lanes", None)),
         }
 
     def live_sessions(self) -> int:
@@ -90,7 +114,10 @@ class Server:
         if starting and sum(1 for s in others if s.state is SessionState.LIVE) >= cfg.max_sessions:
             return f"server busy: {cfg.max_sessions} sessions already open (max_sessions)"
         address = session.client_address
-        if not starting and sum(1 for s in others if s.client_address == address) >= cfg.max_sessions_per_client:
+        if (
+            not starting
+            and sum(1 for s in others if s.client_address == address) >= cfg.max_sessions_per_client
+        ):
             return (
                 f"too many sessions from {address}: {cfg.max_sessions_per_client} already open "
                 "(max_sessions_per_client)"
@@ -156,8 +183,7 @@ class Server:
     async def start(self) -> None:
         redact.install()
         limit = self.config.max_message_bytes
-        gc.collect()
-        gc.freeze()  # models and libraries are loaded: keep them out of every later collection (~4 ms, not ~300)
+        _freeze_heap()
         self._ws_server = await serve(
             self._handle,
             self.config.host,
@@ -168,6 +194,12 @@ class Server:
             # far larger ones close the connection (1009) before they cost memory.
             max_size=2 * limit + 65536,
             max_queue=16,
+            # Keepalive: a client that does not answer a ping within send_timeout_s is disconnected, like one
+            # that does not read. A flood client is caught by it too: its pong waits behind its own unread,
+            # throttled audio (app/server/session.py).
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.send_timeout_s,
+            close_timeout=self.config.send_timeout_s,
             compression=None,
             server_header="specvoice",
         )
@@ -178,7 +210,7 @@ class Server:
             self._ws_server.close()
             await self._ws_server.wait_closed()
             self._ws_server = None
-            gc.unfreeze()
+            _thaw_heap()
 
     async def serve_forever(self) -> None:
         assert self._ws_server is not None

@@ -112,7 +112,9 @@ class _Generation:
 
     async def next_text(self) -> str | None:
         """The next piece of text (possibly ""), or None when the reply is over."""
-        delta = await self.lane.run(next, self.steps, None)
+        from app.batch_lane import next_delta  # batched with the voice replies' steps on a BatchLane
+
+        delta = await next_delta(self.lane, self.steps)
         if delta is None:
             return None
         self.completion_tokens += len(delta.token_ids)

@@ -11,50 +11,28 @@ import collections
 import itertools
 import logging
 import math
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from app import events as ev
 from app.server.codecs import (
     AudioFormatError,
-    StreamResampler,
     b64decode_strict,
-    b64encode,
     decode_audio,
-    encode_audio,
 )
+from app.server.realtime_output import SERVER_SIDE_CODES, RealtimeOutput, Reply, new_id
 from app.server.realtime_schema import (
     SessionSettings,
-    assistant_item,
+    function_call_output_item,
+    parse_modalities,
     parse_session_update,
-    response_object,
+    parse_tool_choice,
+    parse_tools,
     session_object,
+    tools_registry,
 )
 from app.server.session import ProtocolError, WireSession
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100.0  # what the Realtime API asks for before a manual commit
-SERVER_SIDE_CODES = {"server_error", "internal_error"}  # conversation errors that are not the client's
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:22]}"
-
-
-@dataclass
-class Reply:
-    """Wire-side bookkeeping for one Conversation reply."""
-
-    reply_id: str
-    response_id: str = field(default_factory=lambda: new_id("resp"))
-    item_id: str = field(default_factory=lambda: new_id("item"))
-    transcript: str = ""
-    audio_ms: float = 0.0
-    resampler: StreamResampler | None = None
-    cancel_reason: str | None = None  # set by response.cancel; a barge-in leaves it None (turn_detected)
 
 
 def vendor_turn_signals(value: Any, current: bool) -> bool:
@@ -70,7 +48,7 @@ def vendor_turn_signals(value: Any, current: bool) -> bool:
     return value.get("turn_signals", current)
 
 
-class RealtimeSession(WireSession):
+class RealtimeSession(RealtimeOutput, WireSession):
     endpoint = "realtime"
 
     def __init__(self, ws, server) -> None:
@@ -89,6 +67,8 @@ class RealtimeSession(WireSession):
         # response.create was sent and its reply has not shown up yet; a response.cancel in that window
         # (both in one burst) cancels it before it starts, with this reason.
         self.response_requested = False
+        self.requested_text_only: bool | None = None  # response.create's output_modalities, for that reply
+        self.tools_overridden = False  # the conversation holds a response.create's own tools
         self.early_cancel: str | None = None
         self.pending_text_chars = 0  # user text added since the last reply (bounded like one message)
         # The vendor event `specvoice.turn_signals` goes only to clients that ask for it with
@@ -175,8 +155,13 @@ class RealtimeSession(WireSession):
         try:
             new_changes = new.conversation_changes()
         except (TypeError, ValueError, KeyError) as exc:
-            raise ProtocolError(f"bad turn_detection: {exc}", "invalid_value", "session.turn_detection") from None
+            raise ProtocolError(
+                f"bad turn_detection: {exc}", "invalid_value", "session.turn_detection"
+            ) from None
+        registry = tools_registry(new.tools)  # checked by parse_session_update: cannot fail here
+        restarted = False
         if new.instructions != self.settings.instructions:
+            restarted = True
             if self.used:
                 raise ProtocolError(
                     "instructions can only change before the first audio or text",
@@ -192,6 +177,14 @@ class RealtimeSession(WireSession):
                 self.conv.update(**new_changes)  # validates the whole config before applying it
             except ValueError as exc:
                 raise ProtocolError(str(exc), "invalid_value", "session.turn_detection") from None
+        try:
+            if restarted or new.tools != self.settings.tools:
+                await self.conv.set_tools(registry, new.tool_choice)
+            elif new.tool_choice != self.settings.tool_choice:
+                self.conv.set_tool_choice(new.tool_choice)
+        except ValueError as exc:  # e.g. a duplicate of a server-side tool's name
+            raise ProtocolError(str(exc), "invalid_value", "session.tools") from None
+        self.conv.audio_output = not new.text_only
         self.settings = new
         self.turn_signals = turn_signals
         self.idle_timeout_s = self._idle_timeout_s()
@@ -260,11 +253,20 @@ class RealtimeSession(WireSession):
         item = data.get("item")
         if not isinstance(item, dict):
             raise ProtocolError("conversation.item.create needs an `item` object", "invalid_value", "item")
+        if item.get("type") == "function_call_output":
+            await self._tool_output(item)
+            return
         if item.get("type", "message") != "message" or item.get("role") != "user":
-            raise ProtocolError("only user text messages can be added", "unsupported_item", "item.role")
+            raise ProtocolError(
+                "only user text messages and function_call_output items can be added",
+                "unsupported_item",
+                "item.role",
+            )
         content = item.get("content")
         if not isinstance(content, list):
-            raise ProtocolError("item.content must be a list of content parts", "invalid_value", "item.content")
+            raise ProtocolError(
+                "item.content must be a list of content parts", "invalid_value", "item.content"
+            )
         texts = [
             part.get("text")
             for part in content
@@ -300,11 +302,57 @@ class RealtimeSession(WireSession):
         await self.emit("conversation.item.done", previous_item_id=self.previous_item, item=wire_item)
         self.previous_item = item_id
 
+    async def _tool_output(self, item: dict[str, Any]) -> None:
+        """A client's function_call_output: the result of a call the model made in this session."""
+        call_id, output = item.get("call_id"), item.get("output")
+        if not isinstance(call_id, str) or not isinstance(output, str):
+            raise ProtocolError("function_call_output needs a string call_id and a string output",
+                                "invalid_value", "item.call_id")  # fmt: skip
+        limit = self.server.config.max_text_chars
+        if len(output) > limit:
+            raise ProtocolError(f"output of {len(output)} characters exceeds the {limit}-character limit",
+                                "text_too_long", "item.output")  # fmt: skip
+        try:
+            await self.conv.add_tool_output(call_id, output)
+        except ValueError:
+            raise ProtocolError(f"no function call {call_id[:64]!r} is waiting for its output",
+                                "invalid_value", "item.call_id") from None  # fmt: skip
+        self.used = True
+        given_id = item.get("id")
+        item_id = given_id if isinstance(given_id, str) and 0 < len(given_id) <= 64 else new_id("item")
+        wire_item = function_call_output_item(item_id, call_id, output)
+        await self.emit("conversation.item.added", previous_item_id=self.previous_item, item=wire_item)
+        await self.emit("conversation.item.done", previous_item_id=self.previous_item, item=wire_item)
+        self.previous_item = item_id
+
     async def response_create(self, data: dict[str, Any]) -> None:
+        options = data.get("response") or {}
+        if not isinstance(options, dict):
+            raise ProtocolError("response must be an object", "invalid_value", "response")
+        tool_choice = None
+        tools = self.settings.tools
+        if options.get("tools") is not None:
+            tools = parse_tools(options["tools"], "response.tools")
+        if options.get("tool_choice") is not None:
+            tool_choice = parse_tool_choice(options["tool_choice"], tools, "response.tool_choice")
+        modalities = parse_modalities(options.get("output_modalities"))
+        text_only = None if modalities is None else "audio" not in modalities
+        if tools != self.settings.tools:
+            # This response's own tools: the conversation gets them now and the session's back when the
+            # response is done (each change rebuilds the LLM session's prompt, same history).
+            if self.busy():
+                raise ProtocolError("a response is in progress; per-response tools wait until it is done",
+                                    "conversation_already_has_active_response", "response.tools")  # fmt: skip
+            try:
+                await self.conv.set_tools(tools_registry(tools), tool_choice or "auto")
+            except ValueError as exc:
+                raise ProtocolError(str(exc), "invalid_value", "response.tools") from None
+            self.tools_overridden = True
         self.used = True
         if self.current is None:
             self.response_requested = True
-        await self.conv.respond()
+            self.requested_text_only = text_only
+        await self.conv.respond(tool_choice=tool_choice, audio=None if text_only is None else not text_only)
 
     async def response_cancel(self, data: dict[str, Any]) -> None:
         if self.current is not None:
@@ -337,186 +385,6 @@ class RealtimeSession(WireSession):
         await self.emit(
             "conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=int(end_ms)
         )
-
-    # --- conversation -> client -----------------------------------------------------------------------------
-    async def on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.SpeechStarted):
-            self.partial_sent = ""
-            await self.emit(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=int(event.audio_ms),
-                item_id=self._user_item(),
-            )
-        elif isinstance(event, ev.SpeechStopped):
-            await self.emit(
-                "input_audio_buffer.speech_stopped",
-                audio_end_ms=int(event.audio_ms),
-                item_id=self._user_item(),
-            )
-            if self.settings.turn_detection is not None:
-                await self._committed()
-        elif isinstance(event, ev.TranscriptPartial):
-            if event.committed.startswith(self.partial_sent) and len(event.committed) > len(
-                self.partial_sent
-            ):
-                delta = event.committed[len(self.partial_sent) :]
-                self.partial_sent = event.committed
-                await self.emit(
-                    "conversation.item.input_audio_transcription.delta",
-                    item_id=self._user_item(),
-                    content_index=0,
-                    delta=delta,
-                )
-        elif isinstance(event, ev.TurnSignals):
-            if self.turn_signals:
-                await self.emit(
-                    "specvoice.turn_signals",
-                    item_id=self._user_item(),
-                    audio_p=event.audio_p,
-                    text_p=event.text_p,
-                    silence_ms=round(event.silence_ms, 1),
-                    wait_ms=round(event.wait_ms, 1),
-                )
-        elif isinstance(event, ev.TranscriptFinal):
-            item = self.awaiting_transcript.popleft() if self.awaiting_transcript else self._user_item()
-            await self.emit(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=item,
-                content_index=0,
-                transcript=event.text,
-                usage={"type": "duration", "seconds": 0},
-            )
-            self.partial_sent = ""
-        elif isinstance(event, ev.ReplyStarted):
-            if event.reply_id not in self.finished:  # cancelled before it started: already answered
-                await self._reply_started(self._reply(event.reply_id))
-        elif isinstance(event, ev.ReplyTextDelta):
-            if event.reply_id in self.finished:
-                return
-            reply = self._reply(event.reply_id)
-            reply.transcript += event.text
-            await self.emit(
-                "response.output_audio_transcript.delta", **self._part_ids(reply), delta=event.text
-            )
-        elif isinstance(event, ev.ReplyAudio):
-            if event.reply_id not in self.finished:
-                await self._reply_audio(event)
-        elif isinstance(event, ev.ReplyDone):
-            if event.reply_id not in self.finished:
-                await self._reply_finished(self._reply(event.reply_id), "completed", event.text)
-        elif isinstance(event, ev.Interrupted):
-            if event.reply_id in self.finished:
-                return  # cut while the client was still playing it: the client truncates, nothing to say
-            reply = self._reply(event.reply_id)
-            if reply is not self.current:  # cancelled before its ReplyStarted came through
-                await self._reply_started(reply)
-            reason = reply.cancel_reason or "turn_detected"
-            await self._reply_finished(reply, "cancelled", event.spoken_text, reason)
-        elif isinstance(event, ev.ErrorEvent):
-            if event.code in SERVER_SIDE_CODES:
-                log.warning("realtime session: conversation error: %s", event.message)
-            await self.report(ProtocolError(event.message, event.code))
-            if self.current is not None and self._reply_failed(self.current):
-                # No ReplyDone will come: end the response `failed`, and let the conversation drop the
-                # dead reply so that the next response.create starts a fresh one.
-                await self._reply_finished(self.current, "failed", self.current.transcript)
-                await self.conv.cancel()
-
-    def _reply(self, reply_id: str) -> Reply:
-        reply = self.replies.get(reply_id)
-        if reply is None:  # the first event of a reply: give it stable ids
-            reply = self.replies[reply_id] = Reply(reply_id)
-            self.items[reply.item_id] = reply
-            if self.response_requested:  # the reply response.create asked for
-                self.response_requested = False
-                reply.cancel_reason, self.early_cancel = self.early_cancel, None
-        return reply
-
-    def _reply_failed(self, reply: Reply) -> bool:
-        """Did the conversation's task for this reply end with an exception (so no ReplyDone will come)?"""
-        conv_reply = getattr(self.conv, "_replies", {}).get(reply.reply_id)
-        task = getattr(conv_reply, "task", None)
-        return task is not None and task.done() and not task.cancelled() and task.exception() is not None
-
-    @staticmethod
-    def _part_ids(reply: Reply) -> dict[str, Any]:
-        return {
-            "response_id": reply.response_id,
-            "item_id": reply.item_id,
-            "output_index": 0,
-            "content_index": 0,
-        }
-
-    async def _reply_started(self, reply: Reply) -> None:
-        self.current = reply
-        self.pending_text_chars = 0
-        await self.emit(
-            "response.created", response=response_object(reply.response_id, "in_progress", [], self.settings)
-        )
-        item = assistant_item(reply.item_id, "in_progress", "")
-        await self.emit(
-            "response.output_item.added", response_id=reply.response_id, output_index=0, item=item
-        )
-        await self.emit("conversation.item.added", previous_item_id=self.previous_item, item=item)
-        await self.emit(
-            "response.content_part.added", **self._part_ids(reply), part={"type": "audio", "transcript": ""}
-        )
-        self.previous_item = reply.item_id
-
-    async def _reply_audio(self, event: ev.ReplyAudio) -> None:
-        reply = self._reply(event.reply_id)
-        if reply.resampler is None:
-            reply.resampler = StreamResampler(event.sample_rate, self.settings.output_rate)
-        pcm = reply.resampler.process(np.frombuffer(event.pcm, dtype="<i2"))
-        if pcm.size == 0:
-            return
-        reply.audio_ms += 1000.0 * pcm.size / self.settings.output_rate
-        await self.emit(
-            "response.output_audio.delta",
-            **self._part_ids(reply),
-            delta=b64encode(encode_audio(pcm, self.settings.output_codec)),
-        )
-
-    async def _reply_finished(self, reply: Reply, status: str, text: str, reason: str | None = None) -> None:
-        if reply.resampler is not None and status == "completed":
-            tail = reply.resampler.process(np.zeros(0, np.int16), last=True)
-            if tail.size:
-                reply.audio_ms += 1000.0 * tail.size / self.settings.output_rate
-                await self.emit(
-                    "response.output_audio.delta",
-                    **self._part_ids(reply),
-                    delta=b64encode(encode_audio(tail, self.settings.output_codec)),
-                )
-        transcript = text or reply.transcript
-        ids = self._part_ids(reply)
-        await self.emit("response.output_audio.done", **ids)
-        await self.emit("response.output_audio_transcript.done", **ids, transcript=transcript)
-        await self.emit("response.content_part.done", **ids, part={"type": "audio", "transcript": transcript})
-        item = assistant_item(
-            reply.item_id, "completed" if status == "completed" else "incomplete", transcript
-        )
-        await self.emit("response.output_item.done", response_id=reply.response_id, output_index=0, item=item)
-        await self.emit("conversation.item.done", previous_item_id=None, item=item)
-        if status == "cancelled":
-            details = {"type": status, "reason": reason}
-        elif status == "failed":
-            details = {
-                "type": "failed",
-                "error": {"type": "server_error", "code": "reply_failed", "message": "the reply failed"},
-            }
-        else:
-            details = None
-        await self.emit(
-            "response.done",
-            response=response_object(reply.response_id, status, [item], self.settings, details),
-        )
-        self.finished.append(reply.reply_id)
-        if self.current is reply:
-            self.current = None
-        self.replies.pop(reply.reply_id, None)  # keep `items` for a later truncate; bounded below
-        if len(self.items) > 64:
-            for old in list(self.items)[:-64]:
-                del self.items[old]
 
 
 HANDLERS = {

@@ -6,6 +6,7 @@ Kept apart from the endpoint so the schema can be tested without a connection or
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "g711_ulaw", "g711_alaw": "g711_a
 CODEC_TO_GA = {v: k for k, v in GA_FORMATS.items()}
 EAGERNESS = ("low", "medium", "high", "auto")
 MAX_SILENCE_MS = 60_000
+MAX_TOOLS = 32
+MAX_TOOL_DESCRIPTION = 1024
+MAX_TOOL_SCHEMA_CHARS = 16_000
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,12 @@ class SessionSettings:
     instructions: str = ""
     voice: str = "joe"
     output_modalities: tuple[str, ...] = ("audio",)
+    tools: tuple[dict[str, Any], ...] = ()  # function tools as the client sent them (checked)
+    tool_choice: Any = "auto"  # "auto" | "none" | "required" | {"type": "function", "name": N}
+
+    @property
+    def text_only(self) -> bool:
+        return "audio" not in self.output_modalities
 
     @classmethod
     def from_config(cls, config: Config) -> SessionSettings:
@@ -165,6 +175,63 @@ def _check_turn_detection_values(td: dict[str, Any] | None, where: str) -> None:
         raise ProtocolError("turn_detection.eagerness must be a string", "invalid_value", f"{where}.eagerness")
 
 
+def parse_tools(value: Any, where: str) -> tuple[dict[str, Any], ...]:
+    """`tools`: a list of {type: "function", name, description, parameters}; each schema must be one the
+    constrained decoder supports (checked here, so a bad tool is refused now, not mid-reply)."""
+    from app.tools import ToolError, ToolRegistry
+
+    if not isinstance(value, list):
+        raise ProtocolError("tools must be a list of function tools", "invalid_value", where)
+    if len(value) > MAX_TOOLS:
+        raise ProtocolError(f"at most {MAX_TOOLS} tools", "invalid_value", where)
+    tools: list[dict[str, Any]] = []
+    check = ToolRegistry()
+    for i, tool in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise ProtocolError("only tools of type function are supported", "invalid_value", f"{at}.type")
+        name, description = tool.get("name"), tool.get("description") or ""
+        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(name, str) or not isinstance(description, str):
+            raise ProtocolError("a tool needs a string name (and description)", "invalid_value", f"{at}.name")
+        if len(description) > MAX_TOOL_DESCRIPTION:
+            raise ProtocolError(f"tool descriptions are at most {MAX_TOOL_DESCRIPTION} characters",
+                                "invalid_value", f"{at}.description")  # fmt: skip
+        if len(json.dumps(parameters, default=str)) > MAX_TOOL_SCHEMA_CHARS:
+            raise ProtocolError(f"tool parameters are at most {MAX_TOOL_SCHEMA_CHARS} characters of JSON",
+                                "invalid_value", f"{at}.parameters")  # fmt: skip
+        try:
+            check.declare(name, description, parameters)
+        except ToolError as exc:
+            raise ProtocolError(str(exc), "invalid_value", at) from None
+        tools.append({"type": "function", "name": name, "description": description, "parameters": parameters})
+    return tuple(tools)
+
+
+def parse_tool_choice(value: Any, tools: tuple[dict[str, Any], ...], where: str) -> Any:
+    """`tool_choice`: auto / none / required / {type: function, name} naming one of `tools`."""
+    from app.tool_turn import ToolChoice
+
+    try:
+        choice = ToolChoice.parse(value)
+    except ValueError as exc:
+        raise ProtocolError(str(exc), "invalid_value", where) from None
+    if choice.mode == "function" and choice.name not in {t["name"] for t in tools}:
+        raise ProtocolError(f"tool_choice names {choice.name!r}, which is not among the tools",
+                            "invalid_value", where)  # fmt: skip
+    return choice.wire()
+
+
+def tools_registry(tools: tuple[dict[str, Any], ...]):
+    """The client's function tools as a registry of client-side tools (the client runs them)."""
+    from app.tools import ToolRegistry
+
+    registry = ToolRegistry()
+    for tool in tools:
+        registry.declare(tool["name"], tool["description"], tool["parameters"])
+    return registry
+
+
 def parse_session_update(
     current: SessionSettings, session: dict[str, Any], max_instructions: int = 16_000
 ) -> SessionSettings:
@@ -211,10 +278,25 @@ def parse_session_update(
         if len(voice) > 64:
             raise ProtocolError("voice names are at most 64 characters", "invalid_value", "session.voice")
         changes["voice"] = voice
-    modalities = session.get("output_modalities", session.get("modalities"))
-    if isinstance(modalities, list) and all(isinstance(m, str) for m in modalities):
-        changes["output_modalities"] = tuple(m for m in modalities if m in ("audio", "text")) or ("audio",)
+    modalities = parse_modalities(session.get("output_modalities", session.get("modalities")))
+    if modalities is not None:
+        changes["output_modalities"] = modalities
+    if "tools" in session:
+        changes["tools"] = parse_tools(session["tools"], "session.tools")
+    tools = changes.get("tools", current.tools)
+    if "tool_choice" in session:
+        changes["tool_choice"] = parse_tool_choice(session["tool_choice"], tools, "session.tool_choice")
+    elif isinstance(current.tool_choice, dict) and current.tool_choice["name"] not in {t["name"] for t in tools}:
+        changes["tool_choice"] = "auto"  # the named tool is gone
     return dataclasses.replace(current, **changes)
+
+
+def parse_modalities(value: Any) -> tuple[str, ...] | None:
+    """["audio"] or ["text"] (GA); the beta ["text", "audio"] means audio (which always has a transcript)."""
+    if isinstance(value, list) and all(isinstance(m, str) for m in value):
+        kept = tuple(m for m in value if m in ("audio", "text"))
+        return ("audio",) if "audio" in kept or not kept else ("text",)
+    return None
 
 
 def _format_object(codec: str, rate: int) -> dict[str, Any]:
@@ -246,20 +328,45 @@ def session_object(session_id: str, settings: SessionSettings, config: Config) -
                 "speed": 1.0,
             },
         },
-        "tools": [],
-        "tool_choice": "auto",
+        "tools": [dict(t) for t in settings.tools],
+        "tool_choice": settings.tool_choice,
         "max_output_tokens": config.llm.max_reply_tokens,
     }
 
 
-def assistant_item(item_id: str, status: str, transcript: str) -> dict[str, Any]:
+def assistant_item(item_id: str, status: str, transcript: str, text_only: bool = False) -> dict[str, Any]:
+    content = {"type": "output_text", "text": transcript} if text_only else {
+        "type": "output_audio", "transcript": transcript}  # fmt: skip
     return {
         "id": item_id,
         "object": "realtime.item",
         "type": "message",
         "role": "assistant",
         "status": status,
-        "content": [{"type": "output_audio", "transcript": transcript}],
+        "content": [content],
+    }
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def function_call_output_item(item_id: str, call_id: str, output: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call_output",
+        "status": "completed",
+        "call_id": call_id,
+        "output": output,
     }
 
 
@@ -269,7 +376,9 @@ def response_object(
     output: list[dict[str, Any]],
     settings: SessionSettings,
     status_details: dict[str, Any] | None = None,
+    text_only: bool | None = None,
 ) -> dict[str, Any]:
+    text_only = settings.text_only if text_only is None else text_only
     return {
         "id": response_id,
         "object": "realtime.response",
@@ -277,7 +386,7 @@ def response_object(
         "status_details": status_details,
         "output": output,
         "conversation_id": "conv_default",
-        "output_modalities": list(settings.output_modalities),
+        "output_modalities": ["text"] if text_only else ["audio"],
         "audio": {
             "output": {
                 "format": _format_object(settings.output_codec, settings.output_rate),

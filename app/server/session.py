@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 AUDIO_SLICE_S = 0.1  # audio handed to the conversation per step (VAD + resampling of 100 ms: well under 1 ms)
+NO_PARTIAL_DECODES_MS = 3_600_000  # decode_interval_ms of a throttled session: only end-of-turn decodes
 LOGGED_ERRORS = 5  # per connection; the rest are counted and summed up once at the end
 
 
@@ -122,6 +123,7 @@ class WireSession:
         self.error_budget = AudioPacer(cfg.max_errors / 60.0, float(cfg.max_errors))
         self.over_error_budget = False
         self._send_lock = asyncio.Lock()
+        self._slowed_conv: Any = None  # the conversation _no_live_speaker_work has slowed down
 
     @property
     def client_address(self) -> str | None:
@@ -130,7 +132,12 @@ class WireSession:
 
     # --- conversation lifecycle -------------------------------------------------------------------------
     def conversation_config(self, **changes: Any) -> ConversationConfig:
-        return dataclasses.replace(self.server.full_config.conversation, **changes)
+        """The server's conversation settings. Its `llm.max_reply_tokens` is passed on explicitly: the
+        conversation would otherwise fall back to the assistant's own config, which may not be the server's."""
+        full = self.server.full_config
+        if not full.conversation.max_reply_tokens:
+            changes.setdefault("max_reply_tokens", full.llm.max_reply_tokens)
+        return dataclasses.replace(full.conversation, **changes)
 
     async def start_conversation(self, conv_config: ConversationConfig) -> None:
         """(Re)create the conversation. The new one is built first: if that fails (a bad setting), the
@@ -169,22 +176,47 @@ class WireSession:
                 await self.ws.close(1011, "internal error")
 
     async def push_audio(self, pcm: np.ndarray, rate: int) -> None:
-        """Hand audio to the conversation at most `max_audio_speed` × real time, 100 ms at a time."""
-        delay = self.pacer.delay_for(pcm.size / rate)
-        if delay > 0:  # throttle: this client's next messages wait in its TCP buffers
-            try:
-                await asyncio.wait_for(self.ws.wait_closed(), delay)
-            except asyncio.TimeoutError:
-                pass
-            else:  # it went away while throttled: drop what it still had queued, end the session now
-                raise ConnectionClosed(None, None)
+        """Hand audio to the conversation at most `max_audio_speed` × real time, 100 ms at a time.
+
+        Paced per slice, not per message: a throttled client's 25 s append reaches VAD and ASR as a steady
+        2× stream, not all at once after a long wait (25 s of speech in a second: several end-of-turn
+        decodes and replies queued on the model lanes at once)."""
         step = max(1, int(rate * AUDIO_SLICE_S))
         for start in range(0, pcm.size, step):
             if self.conv is None:
                 return
-            await self.conv.push_audio(pcm[start : start + step], rate)
-            if start + step < pcm.size:
+            piece = pcm[start : start + step]
+            delay = self.pacer.delay_for(piece.size / rate)
+            if delay > 0:  # throttle: this client's next messages wait in its TCP buffers
+                self._no_live_speaker_work()
+                await self._throttle(delay)
+            elif start:
                 await asyncio.sleep(0)  # let every other session run between slices
+            await self.conv.push_audio(piece, rate)
+
+    def _no_live_speaker_work(self) -> None:
+        """A client throttled for running ahead of real time is a faster-than-real-time source, not a person
+        waiting for an answer: its conversation stops the work that only buys a live speaker latency, which
+        it would otherwise do at `max_audio_speed` × the rate of one, on the lanes everyone shares: no
+        replies prepared speculatively in its pauses, and no partial re-decodes of its utterance while it
+        is being spoken (nor the LLM prefill they feed). Its turns are still transcribed (once, at their
+        end) and answered."""
+        conv = self.conv
+        if conv is None or conv is self._slowed_conv:
+            return
+        self._slowed_conv = conv
+        try:
+            conv.update(preemptive=False, decode_interval_ms=NO_PARTIAL_DECODES_MS)
+        except (ValueError, RuntimeError):  # a conversation closing under us: nothing to slow down
+            log.debug("could not slow a throttled conversation", exc_info=True)
+
+    async def _throttle(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self.ws.wait_closed(), delay)
+        except asyncio.TimeoutError:
+            return
+        # It went away while throttled: drop what it still had queued, end the session now.
+        raise ConnectionClosed(None, None)
 
     # --- the connection ---------------------------------------------------------------------------------
     def touch(self) -> None:
@@ -218,12 +250,25 @@ class WireSession:
             except asyncio.TimeoutError:
                 continue  # re-check: activity (a reply being sent) may have moved the deadline
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close with a reason; a client that does not read gets the transport cut after send_timeout_s."""
+    async def close(self, code: int, reason: str, discard_incoming: bool = False) -> None:
+        """Close with a reason; a client that does not read gets the transport cut after send_timeout_s.
+
+        `discard_incoming` (only from the receive loop, which is then not reading): what the client still
+        sends meanwhile is read and dropped, as its answering close frame may be queued behind a flood of
+        messages that would otherwise sit unread (the read side pauses when full) until the timeout."""
+        discard = asyncio.create_task(self._discard_incoming()) if discard_incoming else None
         try:
             await asyncio.wait_for(self.ws.close(code, reason), self.server.config.send_timeout_s)
         except (asyncio.TimeoutError, ConnectionClosed, OSError):
             self.ws.transport.abort()
+        finally:
+            if discard is not None:
+                discard.cancel()
+
+    async def _discard_incoming(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await self.ws.recv(decode=False)
 
     async def run(self) -> None:
         lane_tenant.set(object())  # every model call this connection causes is scheduled as its own (fairness)
@@ -243,7 +288,7 @@ class WireSession:
                 if self.over_error_budget:
                     reason = f"too many bad messages ({self.errors})"
                     log.warning("%s session from %s closed: %s", self.endpoint, self.client_address, reason)
-                    await self.close(POLICY_VIOLATION, reason)
+                    await self.close(POLICY_VIOLATION, reason, discard_incoming=True)
                     break
         except ConnectionClosed:
             pass

@@ -7,10 +7,21 @@ Out: `media` (reply audio, μ-law 8 kHz), a `mark` after each reply piece, and `
 Marks are how a phone call tells us what the caller really heard: each mark is named
 `<reply_id>:<ms of reply audio before it>`, and its echo becomes `conversation.played(reply_id, ms)`.
 The protocol has no error message, so malformed input is logged and dropped; the call goes on.
+
+Call-center actions (docs/support-bot.md): with `[skills] call_center = true` every call gets the tools
+`transfer_call(reason)` and `end_call(summary)` (app/skills/call_center.py). When the model calls one, the
+reply's closing words are played, then the stream gets a mark named `specvoice:transfer_call` or
+`specvoice:end_call`; the reason or summary is logged. When Twilio echoes that mark (the caller has heard
+everything before it), or after ACTION_ECHO_TIMEOUT_S without an echo, the server closes the WebSocket
+(1000, the action's name): the stream stops cleanly and Twilio goes on with the TwiML after `<Connect>`
+(a `<Dial>` to a human for a transfer, nothing for an end). The `start` message's
+`customParameters.tool_choice` (from the app's TwiML `<Parameter>`) sets the call's tool choice: auto,
+none, required, or a tool's name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import math
@@ -31,6 +42,9 @@ from app.server.session import ProtocolError, WireSession
 
 log = logging.getLogger(__name__)
 PHONE_RATE = 8000
+ACTION_MARK_PREFIX = "specvoice:"
+CALL_ACTIONS = ("transfer_call", "end_call")
+ACTION_ECHO_TIMEOUT_S = 30.0  # the closing words are played within this (else the stream is closed anyway)
 
 
 class TwilioSession(WireSession):
@@ -46,6 +60,9 @@ class TwilioSession(WireSession):
         # replies flushed by `clear`: their late marks were never heard (the last few are enough)
         self.cleared: collections.deque[str] = collections.deque(maxlen=32)
         self.stopped = False
+        self.action: tuple[str, str, str] | None = None  # (tool, reason or summary, reply_id) requested
+        self.action_sent = False  # its mark went out: the caller's audio is no longer listened to
+        self._action_timer: asyncio.Task[None] | None = None
 
     async def report(self, error: ProtocolError, data: dict[str, Any] | None = None) -> None:
         if self.count_error(error):
@@ -60,7 +77,8 @@ class TwilioSession(WireSession):
         if kind == "start":
             await self._start(data)
         elif kind == "media":
-            await self._media(data)
+            if not self.action_sent:  # after a transfer / end, the caller is no longer listened to
+                await self._media(data)
         elif kind == "mark":
             self._mark(data)
         elif kind == "stop":
@@ -93,6 +111,26 @@ class TwilioSession(WireSession):
         await self.start_conversation(
             self.conversation_config(output_sample_rate=PHONE_RATE, echo_policy="full_duplex")
         )
+        await self._add_call_tools(start.get("customParameters"))
+
+    async def _add_call_tools(self, params: Any) -> None:
+        """`[skills] call_center`: this call's own transfer_call / end_call; the TwiML's tool_choice."""
+        from app.skills.call_center import CallActions, register_call_center_tools
+        from app.tools import ToolRegistry
+
+        choice = params.get("tool_choice") if isinstance(params, dict) else None
+        if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+            choice = {"type": "function", "name": choice}
+        tools = None
+        skills = getattr(self.server.full_config, "skills", None)
+        if getattr(skills, "call_center", False) and not any(n in self.conv.tools for n in CALL_ACTIONS):
+            tools = register_call_center_tools(ToolRegistry(), CallActions())
+        if tools is None and choice is None:
+            return
+        try:
+            await self.conv.set_tools(tools, choice)
+        except ValueError as exc:  # a tool_choice naming no tool: the call goes on with the default
+            raise ProtocolError(f"customParameters.tool_choice: {exc}", "invalid_value") from None
 
     async def _media(self, data: dict[str, Any]) -> None:
         if self.conv is None:
@@ -117,6 +155,10 @@ class TwilioSession(WireSession):
         name = mark.get("name") if isinstance(mark, dict) else None
         if not isinstance(name, str) or ":" not in name:
             raise ProtocolError(f"mark with an unknown name {name!r}")
+        if name.startswith(ACTION_MARK_PREFIX):
+            if self.action_sent and name == ACTION_MARK_PREFIX + self.action[0]:
+                self._finish_action()  # the caller heard everything before it: stop the stream
+            return
         reply_id, _, ms = name.rpartition(":")
         if reply_id in self.cleared or self.conv is None:
             return
@@ -132,6 +174,15 @@ class TwilioSession(WireSession):
         await self.send_json({"event": event, "streamSid": self.stream_sid, **fields})
 
     async def on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ToolCall) and event.name in CALL_ACTIONS and self.action is None:
+            text = next((v for v in event.arguments.values() if isinstance(v, str)), "")
+            self.action = (event.name, text, event.reply_id)
+        await self._on_conversation_event(event)
+        ends_reply = isinstance(event, (ev.ReplyDone, ev.Interrupted))
+        if ends_reply and self.action and not self.action_sent and event.reply_id == self.action[2]:
+            await self._send_action_mark()
+
+    async def _on_conversation_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ReplyAudio):
             resampler = self.resamplers.get(event.reply_id)
             if resampler is None:
@@ -152,6 +203,34 @@ class TwilioSession(WireSession):
             await self._send("clear")
         elif isinstance(event, ev.ErrorEvent):
             log.warning("twilio stream %s: conversation error: %s", self.stream_sid, event.message)
+
+    async def _send_action_mark(self) -> None:
+        """The reply that asked for the action is over (its audio all sent): the action's mark follows it."""
+        name, text, _ = self.action
+        what = "reason" if name == "transfer_call" else "summary"
+        log.info("twilio call %s stream %s: %s, %s: %s", self.call_sid, self.stream_sid, name, what, text)
+        self.action_sent = True
+        await self._send("mark", mark={"name": ACTION_MARK_PREFIX + name})
+        self._action_timer = asyncio.create_task(self._close_after_timeout(), name="twilio-action-timeout")
+
+    async def _close_after_timeout(self) -> None:
+        await asyncio.sleep(ACTION_ECHO_TIMEOUT_S)  # a bound on a peer that never echoes, not a sync
+        log.warning("twilio stream %s: no echo of the %s mark; closing", self.stream_sid, self.action[0])
+        self._finish_action()
+
+    async def stop_conversation(self) -> None:
+        if self._action_timer is not None and self._action_timer is not asyncio.current_task():
+            self._action_timer.cancel()
+        await super().stop_conversation()
+
+    def _finish_action(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self._action_timer is not None and self._action_timer is not asyncio.current_task():
+            self._action_timer.cancel()
+        task = asyncio.ensure_future(self.close(1000, self.action[0]))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def _send_audio(self, reply_id: str, pcm: np.ndarray) -> None:
         if pcm.size == 0 or reply_id in self.cleared:

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from app.skills.events_db import EventStore, evening_plan
+from app.skills.events_db import EventStore, evening_plan, parse_hour
 from app.tools import ToolRegistry
+
+# One spoken example per tool, written out as a call in the tool prompt (llm/tool_format.py `tools_prompt`):
+# the 135M default copies a worked example far better than it reads a listing. None of these sentences is
+# in the benchmark's dev or test set (app/bench_data/tool_commands.json).
+EXAMPLES: dict[str, list[tuple[str, dict]]] = {
+    "add_guest": [("Add Olivia to the garden party, she is allergic to nuts.",
+                   {"event": "garden party", "name": "Olivia", "dietary": "nut allergy", "plus_ones": 0})],
+    "record_rsvp": [("Noah said no to the brunch.", {"event": "brunch", "name": "Noah", "answer": "no"})],
+    "who_has_not_answered": [("Who has not answered for the brunch?", {"event": "brunch"})],
+    "plan_evening": [("Plan the brunch from ten in the morning to two in the afternoon.",
+                      {"event": "brunch", "start": "ten in the morning", "end": "two in the afternoon"})],
+    "write_toast": [("Write a toast for Lily's promotion.",
+                     {"event": "Lily's promotion", "honoree": "Lily", "occasion": "promotion"})],
+}  # fmt: skip
 
 
 def register_event_tools(registry: ToolRegistry, store: EventStore) -> ToolRegistry:
@@ -47,15 +61,16 @@ def register_event_tools(registry: ToolRegistry, store: EventStore) -> ToolRegis
         return {"event": event, "unanswered": store.unanswered(event)}
 
     @registry.register
-    def plan_evening(event: str, start_hour: int, end_hour: int) -> dict:
-        """Plan an event's itinerary between two hours (24-hour clock).
+    def plan_evening(event: str, start: str, end: str) -> dict:
+        """Plan an event's itinerary between two times.
 
         Args:
             event: the event
-            start_hour: when it starts, 0 to 23 (seven in the evening is 19)
-            end_hour: when it ends, 0 to 23 (eleven at night is 23)
+            start: when it starts, in the user's words, e.g. seven or 7 pm
+            end: when it ends, in the user's words, e.g. eleven or midnight
         """
-        return {"event": event, "itinerary": store.plan_itinerary(event, evening_plan(start_hour, end_hour))}
+        hours = parse_hour(start), parse_hour(end)
+        return {"event": event, "itinerary": store.plan_itinerary(event, evening_plan(*hours))}
 
     @registry.register
     def write_toast(event: str, honoree: str, occasion: str) -> dict:

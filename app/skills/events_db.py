@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from app.skills.sqlite_file import data_path, open_database
+
 RSVP = ("yes", "no", "maybe", "pending")
 
 MIGRATIONS = [
@@ -55,19 +57,13 @@ class EventsError(ValueError):
 
 
 def default_path() -> Path:
-    root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(root) / "specvoice" / "events.db"
+    return data_path("events.db")
 
 
 class EventStore:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = open_database(self.path)
         self._migrate()
 
     def close(self) -> None:
@@ -199,6 +195,37 @@ class EventStore:
 
     def export(self) -> list[dict[str, Any]]:
         return [self.event(e["name"]) for e in self.events()]
+
+
+_HOUR_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}  # fmt: skip
+_MORNING = ("am", "a m", "morning")
+_AFTERNOON = ("pm", "p m", "afternoon", "evening", "night", "tonight")
+
+
+def parse_hour(said: str) -> int:
+    """A time as people say it -> an hour 0-23: "7", "seven", "7 pm", "19:00", "noon", "midnight",
+    "ten in the morning". Without a morning/afternoon word, 1-11 mean the evening (the skill plans
+    evenings, and "from seven to eleven" means 19 to 23). EventsError when there is no time in it."""
+    import re
+
+    text = " " + re.sub(r"[^a-z0-9: ]+", " ", said.lower()) + " "
+    if " noon " in text or " midday " in text:
+        return 12
+    if " midnight " in text:
+        return 0
+    match = re.search(r"\b(\d{1,2})(?::\d{2})?\b", text)
+    hour = int(match.group(1)) if match else next(
+        (v for w, v in _HOUR_WORDS.items() if f" {w} " in text), None)  # fmt: skip
+    if hour is None or hour > 23:
+        raise EventsError(f"{said!r} is not a time of day")
+    if hour >= 13 or hour == 0:
+        return hour
+    if any(f" {w} " in text for w in _MORNING):
+        return hour % 12
+    if hour == 12:
+        return 12
+    return hour + 12
 
 
 def evening_plan(start_hour: int, end_hour: int) -> list[tuple[str, str]]:

@@ -143,6 +143,9 @@ async def test_quick_bench_runs_end_to_end_and_its_numbers_are_consistent(assist
     svg = tmp_path / "curve.svg"
     bench_voice.write_svg(report["curve"], svg)
     assert ET.parse(svg).getroot().tag.endswith("svg")
+    png = tmp_path / "curve.png"
+    if bench_voice.write_png(report["curve"], png):  # matplotlib (the `bench` extra) is installed
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

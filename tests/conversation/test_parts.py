@@ -59,6 +59,9 @@ def test_segmenter_first_piece_is_short_and_nothing_is_lost():
     seg = Segmenter()
     first = [p for tok in "The quick brown fox jumps over the lazy dog".split() for p in seg.push(tok + " ")]
     assert first and len(first[0].split()) <= 4  # no punctuation: a few words, not the whole sentence
+    seg = Segmenter()  # deltas as an LLM's tokenizer writes them: the space leads the word
+    first = [p for tok in ["The", " weather", " in", " Bos", "ton", " today", " is"] for p in seg.push(tok)]
+    assert first == ["The weather in"], first
     assert Segmenter().push("**Hello** there, `friend` ") == ["Hello there,"]
 
 

@@ -186,3 +186,37 @@ async def test_half_duplex_hears_words_said_200_ms_after_the_endpoint(assistant,
     assert any(e.type == "reply_started" for e in driver.events[start:])
     user_turns = [m["content"] for m in conv.session.history if m["role"] == "user"]
     assert "germany" in words(user_turns[-1]) and conv.session.history[-1]["role"] == "assistant"
+
+
+async def test_dropped_replies_count_their_llm_work_once_stopped() -> None:
+    """Waste is counted when a dropped reply's pipeline has stopped, not when it is dropped (its numbers
+    are only final then), and a reply that never reached the LLM counts nothing (the session's latest
+    stats belong to another reply). The pipeline here is a stand-in task: the accounting is under test."""
+    import asyncio
+
+    from app.conversation_turns import TurnsAndReplies
+    from app.reply_stream import Reply
+
+    class Counter(TurnsAndReplies):
+        def __init__(self) -> None:
+            self.stats, self._stopping = {"preemptive_wasted_ms": 0.0}, set()
+
+    conv, go_on = Counter(), asyncio.Event()
+
+    async def pipeline(reply: Reply, ms: float) -> None:
+        await go_on.wait()  # still generating when it is dropped
+        reply.numbers.update(llm_generate_ms=ms, tokens=7.0)
+
+    busy = Reply(lambda e: None, confirmed=False, user_text="x")
+    busy.prepared = True  # its first LLM step has run
+    busy.task = asyncio.ensure_future(pipeline(busy, 120.0))
+    idle = Reply(lambda e: None, confirmed=False, user_text="x")
+    idle.numbers["llm_generate_ms"] = 999.0  # stale numbers of a reply that never ran must not count
+    conv._count_waste_when_stopped(busy, "preemptive")
+    conv._count_waste_when_stopped(idle, "unheard")
+    assert conv.stats["preemptive_wasted_ms"] == 0.0  # not final yet
+    go_on.set()
+    await conv.settle_dropped()
+    assert conv.stats["preemptive_wasted_ms"] == 120.0 and conv.stats["preemptive_wasted_tokens"] == 7.0
+    assert conv.stats.get("unheard_wasted_ms", 0.0) == 0.0 and not conv._stopping
+

@@ -16,7 +16,7 @@ import pytest
 
 from app.cli import main
 from app.skills.events import register_event_tools
-from app.skills.events_db import MIGRATIONS, EventStore, evening_plan
+from app.skills.events_db import MIGRATIONS, EventStore, evening_plan, parse_hour
 from app.tools import ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +39,11 @@ async def test_tools_write_the_right_rows(store):
     assert (await tools.call("record_rsvp", {"event": "Saturday's party", "name": "Tom", "answer": "yes"})).ok
     unanswered = await tools.call("who_has_not_answered", {"event": "Saturday's party"})
     assert unanswered.output["unanswered"] == ["Maria", "Ana"]
-    plan = await tools.call("plan_evening", {"event": "Saturday's party", "start_hour": 19, "end_hour": 23})
+    plan = await tools.call("plan_evening", {"event": "Saturday's party", "start": "seven", "end": "11 pm"})
     assert [i["starts"] for i in plan.output["itinerary"]] == ["19:00", "20:00", "21:00", "21:15", "22:45"]
+    said = ["ten in the morning", "noon", "7:30 p.m.", "midnight", "19:00", "two in the afternoon"]
+    assert [parse_hour(t) for t in said] == [10, 12, 19, 0, 19, 14]
+    assert "not a time of day" in (await tools.call("plan_evening", {"event": "x", "start": "soon", "end": "7"})).error
     toast = await tools.call(
         "write_toast", {"event": "Sam's 40th", "honoree": "Sam", "occasion": "fortieth birthday"}
     )

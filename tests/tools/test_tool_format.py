@@ -11,10 +11,14 @@ import torch
 from llm.tool_format import (
     ToolSpec,
     call_probability,
+    channel_scores,
+    copy_spans,
     parse_call,
     style_for,
     tool_response,
     tools_prompt,
+    utterance_numbers,
+    utterance_spans,
     write_call,
 )
 
@@ -77,3 +81,29 @@ def test_sampled_calls_stay_valid(tool_session):
         json.loads(call.text.split("\n")[1])
         tool_session.extend(tool_response("done"))
         list(tool_session.generate(max_tokens=4))
+
+
+def test_spans_keep_arguments_to_the_users_words(tool_session):
+    """copy_spans: free strings become spans of what was said, free integers numbers said in it (the tool
+    name here by the noisy-channel score); the call is still schema-valid and joins the history."""
+    said = "Please add Maria to the picnic, she is vegan. From 7 to 11."
+    tool_session.extend(said)
+    scores = channel_scores(tool_session, TOOLS, said)
+    assert len(scores) == len(TOOLS) and all(s < 0 for s in scores)
+    call = write_call(tool_session, TOOLS, spans_from=said, name_choice="channel", utterance=said)
+    assert call.name == TOOLS[max(range(len(TOOLS)), key=scores.__getitem__)].name
+    spec = next(t for t in TOOLS if t.name == call.name)
+    jsonschema.validate(call.arguments, spec.parameters)
+    for name, value in call.arguments.items():
+        if spec.parameters["properties"][name].get("type") == "string":
+            assert value in said, (name, value)
+        elif spec.parameters["properties"][name].get("type") == "integer":
+            assert value in utterance_numbers(said), (name, value)
+    assert tool_session.history[-1]["content"] == call.text
+
+
+def test_utterance_spans_and_numbers():
+    assert utterance_spans("Add Tom, now.")[:4] == ["Add", "Tom", "now", "Add Tom"]
+    assert utterance_numbers("order 4,172 from six to 10") == [4172, 10, 6]
+    spans = copy_spans(TOOLS, "Add Tom to the picnic")[0].parameters["properties"]
+    assert "Tom" in spans["name"]["enum"] and spans["dietary"] == TOOLS[0].parameters["properties"]["dietary"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -33,10 +35,14 @@ from fault_support import (
 )
 from transport_support import make_config
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame
+from websockets.uri import parse_uri
 
 from app.server import Server
 from app.server.codecs import ulaw_encode
+from app.server.session import NO_PARTIAL_DECODES_MS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -323,12 +329,17 @@ async def test_100k_malformed_messages_get_bounded_errors_then_a_close(srv, capl
                     errors += json.loads(message)["type"] == "error"
 
         reader = asyncio.create_task(read())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         with contextlib.suppress(ConnectionClosed):  # the server closes long before the last one
             for _ in range(100_000):
                 await ws.send("{not json")
         await asyncio.wait_for(reader, 60)
+        elapsed = loop.time() - started
         assert ws.close_code == 1008 and "too many bad messages" in ws.close_reason
-    assert 0 < errors <= srv.config.max_errors + 1
+    # The budget: max_errors at once, refilled at max_errors per minute while the flood lasted.
+    budget = srv.config.max_errors * (1 + elapsed / 60)
+    assert 0 < errors <= budget + 1, (errors, elapsed)
     session_lines = [r for r in caplog.records if r.name.startswith("app.server")]
     assert len(session_lines) <= 10  # the log stays bounded
     await still_serving(srv)
@@ -369,8 +380,11 @@ async def test_an_audio_flood_is_throttled_while_others_are_served(srv):
         pouring = asyncio.create_task(pour())
         try:
             await still_serving(srv)
-            # Throttled: 25 s of audio per message against a 10 s burst at 2x real time.
+            # Throttled: 25 s of audio per message against a 10 s burst at 2x real time...
             assert session.pacer.credit < 0
+            # ...and no longer given the work that only buys a live speaker latency (docs/transports.md).
+            assert not session.conv.config.preemptive
+            assert session.conv.config.decode_interval_ms == NO_PARTIAL_DECODES_MS
         finally:
             pouring.cancel()
     await sessions_closed(srv, 30)  # a throttled client that leaves is let go at once, not after its backlog
@@ -394,6 +408,49 @@ async def test_a_client_that_does_not_read_is_disconnected(server_factory):
         finally:
             spammer.cancel()
             ws.transport.abort()
+        await still_serving(server)
+
+
+async def test_a_flood_client_that_never_reads_nor_answers_pings_is_closed_in_bounded_time(server_factory):
+    # A raw client (the sans-I/O protocol over a bare socket): it floods 25 s μ-law appends, far past the
+    # 2x real-time budget, never reads what comes back, and so never answers the keepalive pings.
+    settings = {"send_timeout_s": 1.0, "ping_interval_s": 0.5, "max_reply_tokens": 8}
+    async with server_factory(**settings) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        protocol = ClientProtocol(parse_uri(url(server)))
+        protocol.send_request(protocol.connect())
+        writer.write(b"".join(protocol.data_to_send()))
+        protocol.receive_data(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert protocol.handshake_exc is None
+        while not any(isinstance(e, Frame) for e in protocol.events_received()):  # session.created
+            protocol.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+        protocol.data_to_send()  # (a pong, had a ping come already: dropped; it never answers one)
+        # From here on nothing it receives is ever read.
+        noise = ulaw_encode(np.random.default_rng(1).integers(-40, 40, 8000 * 25).astype(np.int16))
+        append = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(noise).decode()})
+        protocol.send_text(
+            json.dumps({"type": "session.update", "session": {"input_audio_format": "g711_ulaw"}}).encode()
+        )
+        (session,) = [s for s in server.sessions if s.ws.remote_address == writer.get_extra_info("sockname")]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def flood() -> None:
+            with contextlib.suppress(OSError):  # until the server cuts the connection
+                while not session.closed.is_set():
+                    protocol.send_text(append.encode())
+                    writer.write(b"".join(protocol.data_to_send()))
+                    await writer.drain()
+
+        flooding = asyncio.create_task(flood())
+        try:
+            # Bound: a ping interval, then a send timeout for the pong, then one for the close handshake.
+            await asyncio.wait_for(session.closed.wait(), 30)
+        finally:
+            flooding.cancel()
+            writer.transport.abort()
+        assert session.pacer.credit < 0  # it was being throttled when it was cut off
+        assert loop.time() - started < 0.5 + 2 * 1.0 + 5.0  # (5 s of margin for a loaded machine)
         await still_serving(server)
 
 
@@ -437,44 +494,105 @@ async def test_twilio_faults_media_before_start_bad_format_nan_marks_after_stop(
     await still_serving(srv)
 
 
+async def test_a_server_closing_leaves_the_heap_of_one_still_running_frozen(srv, server_factory):
+    # The collection after every session is cheap only while the models' objects are frozen out of it;
+    # another server in the same process (tests run them nested) must not thaw them when it closes.
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    async with server_factory(max_reply_tokens=8):
+        pass
+    assert gc.get_freeze_count() >= frozen
+
+
 # --- vanishing clients, memory ----------------------------------------------------------------------------
+
+
+async def server_session(server, ws):
+    """The server's side of client connection `ws`."""
+    (session,) = [s for s in server.sessions if s.ws.remote_address == ws.local_address]
+    return session
+
+
+async def at_most_at_once(server, limit: int, jobs) -> None:
+    """Run the client coroutines `jobs(slot)` with at most `limit` connections open on the server at any
+    moment: a slot is given back only once the server has torn the previous session down (so the
+    per-address cap is reached, never passed)."""
+    slots = asyncio.Semaphore(limit)
+
+    async def guarded(job) -> None:
+        async with slots:
+            session = await job
+            if session is not None:
+                await asyncio.wait_for(session.closed.wait(), 60)
+
+    await asyncio.gather(*(guarded(job) for job in jobs))
 
 
 async def test_clients_killed_mid_reply_at_random_points_free_everything(srv):
     rng = random.Random(11)
 
-    async def victim(stop_after: int) -> None:
+    async def victim(stop_after: int):
         ws = await connect(url(srv))
         await until(ws, "session.created")
-        await ws.send(user_text("Tell me about the sea."))
+        session = await server_session(srv, ws)
+        await ws.send(user_text("Say hi."))  # a short reply (the module's server: 8 tokens at most)
         await ws.send(CREATE)
         for _ in range(stop_after):
             await asyncio.wait_for(ws.recv(), 60)
         ws.transport.abort()  # no close frame
+        return session
 
-    for _ in range(10):  # 50 kills, five at a time
-        await asyncio.gather(*(victim(rng.randrange(0, 12)) for _ in range(5)))
-        await sessions_closed(srv)
+    # 50 kills, as many at once as one address may hold, each after a random number of reply events
+    # (0: before the reply started; up to 14: somewhere in its audio, or just after it ended).
+    await at_most_at_once(
+        srv, srv.config.max_sessions_per_client, [victim(rng.randrange(0, 15)) for _ in range(50)]
+    )
+    await sessions_closed(srv)
     assert not srv.sessions
+    for lane in (srv.assistant.lanes.asr, srv.assistant.lanes.llm, srv.assistant.lanes.tts):
+        assert not lane._pending, lane.name  # nothing of theirs is left queued on the models
     await still_serving(srv)
 
 
-# 100, not 500: each session allocates a KV cache (~50 ms); 500 runs in `specvoice bench serve`'s RSS check.
-SESSIONS_FOR_RSS = 100
+# The issue's 500 sessions, at up to the per-address cap at once. Each allocates what a real one does (its
+# conversation: an LLM session with its KV cache, a VAD stream, a synthesizer), applies a session.update,
+# and every TEXT_TURN_EVERY-th one also answers a short question (replies, transcripts, the reply stream).
+SESSIONS_FOR_RSS = 500
+TEXT_TURN_EVERY = 25
 
 
-async def test_rss_is_flat_over_many_sessions(srv):
-    async def one_session() -> None:
+def settled_rss() -> int:
+    """RSS once freed memory has been handed back: a collection, then glibc's malloc_trim (its pools keep
+    freed pages, which moved RSS by ±100 MB between identical batches here). A leak survives both."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: plain RSS
+        ctypes.CDLL(None).malloc_trim(0)
+    return psutil.Process().memory_info().rss
+
+
+async def test_rss_is_flat_over_500_sessions(srv):
+    async def one_session(i: int, text_turn: bool):
         async with connect(url(srv)) as ws:
             await until(ws, "session.created")
+            session = await server_session(srv, ws)
+            turn_detection = {"type": "server_vad", "silence_duration_ms": 300 + 100 * (i % 7)}
+            await ws.send(
+                json.dumps({"type": "session.update", "session": {"turn_detection": turn_detection}})
+            )
+            await until(ws, "session.updated")
+            if text_turn:
+                assert (await ask(ws, "Say hi."))["response"]["status"] == "completed"
+        return session
 
-    for _ in range(20):  # warm-up: allocator pools, caches
-        await one_session()
-    await sessions_closed(srv)
-    before = psutil.Process().memory_info().rss
-    for _ in range(SESSIONS_FOR_RSS):
-        await one_session()
-    await sessions_closed(srv)
-    grown_mb = (psutil.Process().memory_info().rss - before) / 2**20
+    cap = srv.config.max_sessions_per_client
+    # Warm-up before the baseline: as many replies at once as can ever run here, then plain sessions.
+    await at_most_at_once(srv, cap, [one_session(i, True) for i in range(cap)])
+    await at_most_at_once(srv, cap, [one_session(i, False) for i in range(4 * cap)])
+    before = settled_rss()
+    total = srv.total_sessions
+    sessions = [one_session(i, i % TEXT_TURN_EVERY == 0) for i in range(SESSIONS_FOR_RSS)]
+    await at_most_at_once(srv, cap, sessions)
+    assert srv.total_sessions - total == SESSIONS_FOR_RSS and not srv.sessions
+    grown_mb = (settled_rss() - before) / 2**20
     assert grown_mb < 40, f"RSS grew {grown_mb:.0f} MB over {SESSIONS_FOR_RSS} sessions"
     await still_serving(srv)

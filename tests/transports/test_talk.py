@@ -120,7 +120,8 @@ async def test_echo_cancelling_talk_never_answers_itself_and_stops_when_interrup
         pytest.skip(unavailable() or "espeak-ng is not installed")
     # A request for a long reply: the interruption must land while it plays, even on a slow, busy box.
     second_question = espeak_wav("Tell me a long story about a dragon.", tmp_path / "story.wav")
-    interruption = espeak_wav("Stop. Please tell me a joke instead.", tmp_path / "stop.wav")
+    # One sentence: after a lone "Stop." the semantic end of turn may rightly close the turn at once.
+    interruption = espeak_wav("Please stop and tell me a joke instead.", tmp_path / "stop.wav")
     lines: list[str] = []
     new_line = asyncio.Condition()
 

@@ -1,8 +1,10 @@
 """A Twilio Media Streams simulator written to the protocol (no open faithful one exists).
 
-It plays the phone side of a bidirectional stream: sends `connected`, `start`, 20 ms μ-law `media` frames and
-`stop`; plays received `media` in real time, echoing each `mark` once the audio before it has been "played",
-and on `clear` drops the queued audio and returns every pending mark at once, as Twilio does.
+It plays the phone side of a bidirectional stream: sends `connected`, `start` (with the TwiML's
+`customParameters`), 20 ms μ-law `media` frames and `stop`; plays received `media` in real time, echoing each
+`mark` once the audio before it has been "played", and on `clear` drops the queued audio and returns every
+pending mark at once, as Twilio does. When the server closes the WebSocket (the end of `<Connect><Stream>`),
+`closed` is set and `close_code` / `close_reason` say how.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from app.server.codecs import ulaw_decode, ulaw_encode
 
@@ -21,8 +24,12 @@ FRAME = 160  # 20 ms at 8 kHz
 
 
 class TwilioSimulator:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, custom_parameters: dict[str, str] | None = None) -> None:
         self.url = url
+        self.custom_parameters = custom_parameters or {}
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
         self.ws: ClientConnection | None = None
         self.stream_sid = "MZ" + "0" * 30
         self.sequence = 0
@@ -47,7 +54,7 @@ class TwilioSimulator:
                     "accountSid": "AC" + "0" * 32,
                     "callSid": "CA" + "0" * 32,
                     "tracks": ["inbound"],
-                    "customParameters": {},
+                    "customParameters": self.custom_parameters,
                     "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
                 },
             }
@@ -94,7 +101,12 @@ class TwilioSimulator:
         while not condition():
             if time.perf_counter() > deadline:
                 raise TimeoutError("the condition never became true")
-            await self.send_audio(silence, realtime=True)
+            if self.closed.is_set():
+                raise ConnectionError(f"the server closed the stream ({self.close_code} {self.close_reason})")
+            try:
+                await self.send_audio(silence, realtime=True)
+            except ConnectionClosed:
+                await self.closed.wait()  # the receive loop records how
 
     async def stop(self) -> None:
         await self._send(
@@ -102,6 +114,15 @@ class TwilioSimulator:
         )
 
     async def _receive(self) -> None:
+        try:
+            await self._receive_messages()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code, self.close_reason = self.ws.close_code, self.ws.close_reason
+            self.closed.set()
+
+    async def _receive_messages(self) -> None:
         async for raw in self.ws:
             message = json.loads(raw)
             self.events.append(message)
@@ -123,6 +144,8 @@ class TwilioSimulator:
 
     async def _echo_mark(self, name: str) -> None:
         self.marks_echoed.append(name)
+        if self.closed.is_set():
+            return
         await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
 
     async def _play(self) -> None:
