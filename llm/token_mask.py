@@ -160,16 +160,8 @@ def _walk(node: dict[str, Any], state: State, mask: np.ndarray) -> None:
         if not c:
             continue
         after = feed(state, c)
-        if after is None:
-            continue
-        ids = child.get("")
-        if ids:
-            mask[ids] = True
-        if len(child) > (1 if ids else 0):
-            if after and isinstance(after[-1], StrF):
-                _walk_string(child, after, mask)
-            else:
-                _walk(child, after, mask)
+        if after is not None:
+            _descend(child, after, mask)
 
 
 def _walk_string(node: dict[str, Any], state: State, mask: np.ndarray) -> None:
@@ -184,16 +176,20 @@ def _walk_string(node: dict[str, Any], state: State, mask: np.ndarray) -> None:
             after = state[:-1] + (StrF(top.min_len, top.max_len, top.n + 1),)
         else:
             after = None
-        if after is None:
-            continue
-        ids = child.get("")
-        if ids:
-            mask[ids] = True
-        if len(child) > (1 if ids else 0):
-            if after and isinstance(after[-1], StrF):
-                _walk_string(child, after, mask)
-            else:
-                _walk(child, after, mask)
+        if after is not None:
+            _descend(child, after, mask)
+
+
+def _descend(child: dict[str, Any], after: State, mask: np.ndarray) -> None:
+    """Allow the tokens that end at `child`, then walk on below it (the string walker inside a string)."""
+    ids = child.get("")
+    if ids:
+        mask[ids] = True
+    if len(child) > (1 if ids else 0):
+        if after and isinstance(after[-1], StrF):
+            _walk_string(child, after, mask)
+        else:
+            _walk(child, after, mask)
 
 
 def choose_masked(
