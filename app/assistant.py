@@ -80,6 +80,7 @@ class Assistant:
         """One worker thread per model (ASR, LLM, TTS), shared by every conversation of this assistant,
         so heavy calls queue instead of oversubscribing the cores (created on first use)."""
         from app.batch_lane import BatchLane, TimedLane
+        from app.media_lanes import AsrLane, PriorityLane
         from app.reply_stream import Lanes
 
         target = getattr(self.llm, "target", None)  # the local engine's model; a remote LLM has none
@@ -90,7 +91,10 @@ class Assistant:
             llm = TimedLane("llm", workers=workers)
         else:  # the local engine: concurrent replies' decode steps share one forward (continuous batching)
             llm = BatchLane("llm", target)
-        return Lanes(TimedLane("asr"), llm, TimedLane("tts"))  # timed: /healthz says which stage queues
+        # Timed: /healthz says which stage queues. Prioritised: turn-ending decodes and first pieces go first.
+        priorities = getattr(self.config.server, "lane_priority", True)
+        asr = AsrLane("asr", priorities, batch=getattr(self.config.server, "asr_batch", True))
+        return Lanes(asr, llm, PriorityLane("tts", priorities))
 
     def new_session(self) -> Session:
         """A fresh LLM chat (own KV cache) with the configured system prompt."""

@@ -68,18 +68,25 @@ class TimedLane(Lane):
     def __init__(self, name: str, workers: int = 1) -> None:
         super().__init__(name, workers)
         self.clock = LaneClock()
+        self.urgent = LaneClock()  # the calls their callers asked to run URGENT (someone waits on them)
 
     async def run(self, fn: Any, *args: Any, priority: int = Lane.URGENT) -> Any:
+        return await self._timed_run(fn, args, priority, priority)
+
+    async def _timed_run(self, fn: Any, args: tuple, priority: int, asked: int) -> Any:
+        """Run at `priority`; account the call as `asked` (what the caller asked for)."""
         submitted = time.perf_counter()
+        clocks = (self.clock, self.urgent) if asked == Lane.URGENT else (self.clock,)
 
         def timed() -> Any:
             started = time.perf_counter()
             try:
                 return fn(*args)
             finally:
-                self.clock.record(started - submitted, time.perf_counter() - started)
+                for clock in clocks:
+                    clock.record(started - submitted, time.perf_counter() - started)
 
-        return await super().run(timed, priority=priority)
+        return await Lane.run(self, timed, priority=priority)
 
 
 class BatchLane(TimedLane):
@@ -212,6 +219,13 @@ def lane_stats(lanes: Any) -> dict[str, Any]:
         clock = getattr(lane, "clock", None)
         if clock is not None:
             out[name] = clock.snapshot()
+        if name != "llm" and getattr(lane, "urgent", None) is not None:
+            out[f"{name}_urgent"] = lane.urgent.snapshot()  # asr: final decodes; tts: first pieces
+    from app.media_lanes import AsrLane
+
+    asr = getattr(lanes, "asr", None)
+    if isinstance(asr, AsrLane) and "asr" in out:
+        out["asr"].update(batches=asr.batches, batched_decodes=asr.batched_decodes)
     llm = getattr(lanes, "llm", None)
     if isinstance(llm, BatchLane):
         forwards = list(llm.forwards)

@@ -23,6 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: printed as one line, exit code 2. `BackendUnavailable` counts
+    once llm/backends.py is loaded (it cannot be raised before; importing it here would load torch)."""
+    errors: tuple[type[Exception], ...] = (ConfigError, UsageError)  # UsageError: re-exported for commands
+    backends = sys.modules.get("llm.backends")
+    return errors + (backends.BackendUnavailable,) if backends else errors
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specvoice",
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, overrides_from_args(args))
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args, config) or 0)
-    except (ConfigError, UsageError) as exc:  # UsageError is re-exported here for the subcommands
+    except user_errors() as exc:
         print(f"specvoice: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -139,6 +139,13 @@ class ServerConfig:
     send_timeout_s: float = 10.0  # a client that does not read for this long is disconnected
     ping_interval_s: float = 20.0  # keepalive ping; no pong within send_timeout_s: disconnected
     max_errors: int = 200  # bad messages one connection may send before it is closed (1008)
+    # Shared ASR/TTS lanes across sessions: a turn-ending decode before partial ones, a reply's first piece
+    # before other replies' later pieces (docs/scaling.md); false: first come, first served (comparisons).
+    lane_priority: bool = True
+    # Concurrent sessions' short Whisper final decodes as one batched encode + generate (app/media_lanes.py
+    # AsrLane). Off: on the 2-core box a batch of 4 finished later at p50 than one by one (1461 vs 929 ms,
+    # bench/lanes.py); the lane priorities above are the win there.
+    asr_batch: bool = False
 
 
 @dataclass

@@ -37,7 +37,7 @@ from app.events import (
     SpeechStarted,
     TranscriptPartial,
 )
-from app.reply_stream import Reply, SessionOps
+from app.reply_stream import Lane, Reply, SessionOps
 from app.tool_turn import ToolChoice
 from app.tools import ToolRegistry
 from app.turn_end import TurnEnd
@@ -246,6 +246,13 @@ class Conversation(TurnsAndReplies, ConversationTools):
                 return
             await asyncio.wait(pending)
 
+    def reply_timings(self) -> dict[str, float]:
+        """The latest confirmed reply's timings so far (what its `metrics` event will carry, stage by
+        stage: docs/conversation.md "Metrics"); {} before the first reply. For benchmarks and consoles
+        that cannot wait for the reply to finish."""
+        reply = self._reply
+        return reply.timings() if reply is not None and reply.confirmed else {}
+
     @property
     def turn_state(self) -> TurnState | None:
         """State of the latest user utterance (None before the first one)."""
@@ -308,7 +315,7 @@ class Conversation(TurnsAndReplies, ConversationTools):
     def _start_utterance(self) -> None:
         onset = self._clock - self._onset_frames * FRAME
         start = self._clock - len(self._preroll) * FRAME
-        u = Utterance(StreamingTranscriber(self._decoder), start, self._clock, time.perf_counter())
+        u = Utterance(self._transcriber(), start, self._clock, time.perf_counter())
         for frame in self._preroll:
             u.asr.append(frame)
             u.recent.append(frame)
@@ -322,12 +329,18 @@ class Conversation(TurnsAndReplies, ConversationTools):
             self._interrupt_live()
         self._maybe_decode(u)
 
+    def _transcriber(self) -> StreamingTranscriber:
+        """A new utterance's recogniser, primed with the tools' vocabulary (their example sentences and the
+        names their data holds: ToolRegistry.speech_prompt) when this conversation has tools."""
+        context = (self._tools.speech_prompt() or "") if len(self._tools) else ""
+        return StreamingTranscriber(self._decoder, context=context)
+
     def _manual_audio(self, audio: np.ndarray) -> None:
         """turn_detection=None: every sample belongs to the user turn until commit() or clear_audio()."""
         u = self._utterance
         if u is None:
             u = self._utterance = self._last_utterance = Utterance(
-                StreamingTranscriber(self._decoder),
+                self._transcriber(),
                 self._clock - audio.size,
                 self._clock,
                 time.perf_counter(),
@@ -345,7 +358,7 @@ class Conversation(TurnsAndReplies, ConversationTools):
 
     async def _decode_partial(self, u: Utterance) -> None:
         job = u.asr.snapshot()
-        result = await self._lanes.asr.run(u.asr.decode, job)
+        result = await self._lanes.asr.run(u.asr.decode, job, priority=Lane.BACKGROUND)  # finals go first
         u.decode_task = None
         if u is not self._utterance or self._closed:
             return

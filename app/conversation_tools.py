@@ -2,12 +2,14 @@
 
 A mixin of `Conversation` (app/conversation.py owns the state), like `TurnsAndReplies`: the tools a reply
 may call are the assistant's (shared, e.g. skills) plus this conversation's own. The system prompt lists
-them, so changing them rebuilds the LLM session with the same history. The reply side (decide, call, run,
+them, so changing them (or the instructions, `set_instructions`) rebuilds the LLM session with the same
+history. The reply side (decide, call, run,
 answer) is `app.tool_turn.tool_phase`, run by `app.reply_stream.run_reply` with the `ReplyPlan` made here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from app.reply_stream import Reply, ReplyPlan
@@ -60,6 +62,18 @@ class ConversationTools:
                     check_tools_backend(session)
                 self._session = self._llm.session = session
         self._tools, self._tool_choice = registry, choice
+
+    async def set_instructions(self, system_prompt: str | None) -> None:
+        """Replace the system prompt (None: the assistant's). It is the KV cache's prefix, so a change
+        rebuilds the LLM session with the same history (waits for a reply in progress)."""
+        self._check_open()
+        before = self._system_prompt(self._tools)
+        self.config = dataclasses.replace(self.config, system_prompt=system_prompt)
+        prompt = self._system_prompt(self._tools)
+        if prompt == before:
+            return
+        async with self._llm.lock:
+            self._session = self._llm.session = await self._lanes.llm.run(self._rebuilt_session, prompt)
 
     def set_tool_choice(self, tool_choice: Any) -> None:
         choice = ToolChoice.parse(tool_choice)

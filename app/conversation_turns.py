@@ -35,7 +35,7 @@ class TurnsAndReplies:
     def _start_silence_work(self, u: Utterance) -> None:
         """The silence may end the turn: get its transcript, measure the end-of-turn signals and (with
         `preemptive`) start the reply, all in the background."""
-        work = u.silence = SilenceWork(self._clock)
+        work = u.silence = SilenceWork(self._clock, time.perf_counter())
         text = None
         if self._heard_all(u):
             # The latest partial decode already heard everything up to the silence: no new decode on the
@@ -44,8 +44,10 @@ class TurnsAndReplies:
             u.marks["asr_final_ms"] = 0.0
             work.decode = asyncio.get_running_loop().create_future()
             work.decode.set_result(text)
+            work.transcript_wall = work.started_wall
         else:
             work.decode = self._spawn(self._decode_now(u))
+            work.decode.add_done_callback(lambda _, w=work: _transcript_known(w))
         self._turn_end.measure(u, work, text)
         if self.config.preemptive and self.config.auto_respond:
             reply = work.reply = self._new_reply(confirmed=False, preemptive=True)
@@ -141,24 +143,27 @@ class TurnsAndReplies:
         if pre is not None and not pre.cancelled:
             pre.user_text = text
             self.stats["preemptive_used"] += 1
-            self._adopt(pre, u)
+            self._adopt(pre, u, work)
             pre.confirm()
             return text
         self._drop_silence_work(u)
         reply = self._new_reply(confirmed=True, preemptive=False, user_text=text)
-        self._adopt(reply, u)
+        self._adopt(reply, u, work)
         reply.task = self._spawn(self._run(reply))
         return text
 
-    def _adopt(self, reply: Reply, u: Utterance) -> None:
-        """`reply` answers utterance `u`: it becomes the live reply and carries the turn's timings."""
+    def _adopt(self, reply: Reply, u: Utterance, work: SilenceWork | None) -> None:
+        """`reply` answers utterance `u` (whose silence prepared `work`): it becomes the live reply and carries
+        the turn's timings."""
         reply.marks["eos"] = u.eos_wall
         reply.marks["endpoint"] = u.marks["endpoint"]
         for name in ("asr_final_ms", "endpoint_silence_ms"):
             if name in u.marks:
                 reply.numbers[name] = u.marks[name]
-        work = u.silence
         if work is not None:
+            reply.marks["silence"] = work.started_wall
+            if work.transcript_wall is not None:
+                reply.marks["transcript"] = work.transcript_wall
             for name in ("p_audio", "p_text"):
                 if getattr(work, name) is not None:
                     reply.numbers[f"end_of_turn_{name}"] = round(getattr(work, name), 4)
@@ -217,3 +222,7 @@ class TurnsAndReplies:
         reply.cancel()
         self._emit(Interrupted(reply.id, heard))
         reply.send_metrics()
+
+
+def _transcript_known(work: SilenceWork) -> None:
+    work.transcript_wall = time.perf_counter()

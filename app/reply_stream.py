@@ -224,6 +224,7 @@ class Reply:
     metrics_sent: bool = False
     task: asyncio.Task | None = None
     clock_ms: Callable[[], float] = lambda: 0.0  # the conversation's input clock
+    prefill_base: int | None = None  # the session's prefill-token count when this reply took it (local LLM)
     tool_response_added: bool = False  # a tool ran and its result is in the session's history
     # Set by confirm() or cancel() / by cancel(): a tool call waits on them (asyncio, on the loop).
     settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -307,6 +308,12 @@ class Reply:
             "request_to_first_token_ms": since("first_token", "created"),
             "request_to_first_audio_ms": since("first_audio", "created"),
             "first_piece_synthesis_ms": since("first_piece_audio", "first_piece"),
+            # The reply's own path (docs/conversation.md "The preemptive path, stage by stage"): waiting
+            # for the session (other LLM work), prefill of what the cache lacks, the first step.
+            "reply_lock_wait_ms": since("llm_locked", "created"),
+            "reply_prefill_ms": since("prefilled", "llm_locked"),
+            "prefilled_to_first_token_ms": since("first_token", "prefilled"),
+            **self.stage_timings(),
             "eos_to_tool_call_ms": since("tool_call", "eos"),
             "request_to_tool_call_ms": since("tool_call", "created"),
             "eos_to_first_answer_audio_ms": since("first_answer_audio", "eos"),
@@ -316,6 +323,20 @@ class Reply:
         }
         out.update(self.numbers)
         return {k: v for k, v in out.items() if v is not None}
+
+    STAGES = ("silence", "transcript", "created", "prefilled", "first_token", "first_piece",
+              "first_piece_audio", "endpoint", "first_audio")  # fmt: skip
+
+    def stage_timings(self) -> dict[str, float]:
+        """Each stage of the path to the first sound, in ms after the end of speech: the silence work
+        starting (VAD), the transcript known, the reply created, its prefill done, its first token, its
+        first spoken piece's text, that piece synthesised, the endpoint, the first audio released. A
+        preemptive reply is ready before the endpoint when `first_piece_audio` < `endpoint`."""
+        if "eos" not in self.marks:
+            return {}
+        eos = self.marks["eos"]
+        return {f"eos_to_{name}_ms": round(1000.0 * (self.marks[name] - eos), 1)
+                for name in self.STAGES if name in self.marks}  # fmt: skip
 
     def send_metrics(self) -> None:
         if not self.metrics_sent and self.confirmed:
@@ -356,8 +377,11 @@ async def run_reply(
         async with llm_lock:
             if reply.cancelled:
                 return
+            reply.mark("llm_locked")
+            reply.prefill_base = _prefill_count(session)
             if reply.user_text is not None:
                 await prefill(lanes.llm, session, reply.user_text)
+            reply.mark("prefilled")
             answer = True
             if tools is not None:
                 from app.tool_turn import tool_phase  # (imports torch; only replies with tools)
@@ -370,6 +394,7 @@ async def run_reply(
                                 first_piece_done, plan.speak)  # fmt: skip
         if plan.speak:
             for piece in segmenter.flush():
+                reply.mark("first_piece")
                 pieces.put_nowait(piece)
     finally:
         pieces.put_nowait(None)
@@ -413,12 +438,18 @@ async def _generate(
             delta = await next_delta(lanes.llm, steps)
             if delta is None or reply.cancelled:
                 break
+            if "first_token" not in reply.marks and reply.prefill_base is not None:
+                # What the reply still had to prefill before its first token (incremental prefill caches
+                # whole 16-token chunks of the user's words while they speak; the rest, the turn's end and
+                # the assistant header come here).
+                reply.numbers["prefill_tokens_before_first_token"] = _prefill_count(session) - reply.prefill_base
             reply.mark("first_token")
             if delta.text:
                 reply.text += delta.text
                 reply.emit(ReplyTextDelta(reply.id, delta.text))
                 if speak:
                     for piece in segmenter.push(delta.text):
+                        reply.mark("first_piece")  # its text is ready (the speaker may still be busy)
                         pieces.put_nowait(piece)
     finally:
         await lanes.llm.run(steps.close)
@@ -428,6 +459,13 @@ async def _generate(
         reply.numbers["llm_generate_ms"] = round(
             reply.numbers.get("llm_generate_ms", 0.0) + 1000.0 * stats.generate_s, 1
         )
+
+
+def _prefill_count(session: Any) -> int | None:
+    """Tokens a local session has prefilled so far (None for a remote one: its server prefills)."""
+    if not hasattr(session, "next_token_logits"):
+        return None
+    return getattr(getattr(session, "stats", None), "prefill_tokens", None)
 
 
 async def _speak(
@@ -442,7 +480,8 @@ async def _speak(
             if reply.cancelled:
                 return
             reply.mark("first_piece")
-            spoken = await lanes.tts.run(synthesizer.synthesize, piece)
+            first = Lane.URGENT if not reply.pieces else Lane.BACKGROUND  # first audio before later pieces
+            spoken = await lanes.tts.run(synthesizer.synthesize, piece, priority=first)
             first_piece_done.set()
             if reply.cancelled:
                 return

@@ -107,6 +107,7 @@ class ToolPlan:
             kwargs["spans_from"] = user_text
         if kwargs["name_choice"] == "channel":
             kwargs["utterance"] = user_text
+            kwargs["examples"] = self.registry.examples or None
         return kwargs
 
     @property
@@ -150,7 +151,8 @@ def decide_call(
 
 
 def tools_system_prompt(base: str, registry: ToolRegistry, tokenizer: Any) -> str:
-    return f"{base}\n\n{tools_prompt(registry.specs, style_for(tokenizer))}".strip()
+    """The system prompt with the tools (and their authors' worked examples, `ToolRegistry.add_examples`)."""
+    return f"{base}\n\n{tools_prompt(registry.specs, style_for(tokenizer), registry.examples or None)}".strip()
 
 
 @dataclass

@@ -25,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import itertools
 import json
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from llm.tool_format import ToolSpec
+from llm.tool_format import Example, ToolSpec
 
 DEFAULT_TIMEOUT_S = 10.0
+SPEECH_PROMPT_CHARS = 800  # Whisper reads at most ~220 prompt tokens (its streaming decoder here 100)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -77,6 +79,9 @@ class ToolRegistry:
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
         self._tools: dict[str, Tool] = {}
+        self._examples: dict[str, list[Example]] = {}  # per tool: (what a user says, the call's arguments)
+        self._sentences: list[str] = []  # what users say to these tools, for the speech recogniser
+        self._word_sources: list[Callable[[], Iterable[str]]] = []  # names the data holds now
 
     def register(self, function: Callable[..., Any] | None = None, *, name: str | None = None,
                  timeout_s: float | None = None):  # fmt: skip
@@ -105,6 +110,55 @@ class ToolRegistry:
         self._tools[name] = Tool(spec, None, self.timeout_s)
         return spec
 
+    def add_examples(self, examples: dict[str, list[Example]]) -> None:
+        """The tool author's worked examples, per tool name: (what a user says, the call's arguments).
+
+        They go into the tool prompt (a small model copies a worked call better than it reads a listing),
+        score the tool choice (`name_choice="channel"`) and prime the speech recogniser (`speech_prompt`).
+        The key "" holds (user text, plain answer) pairs: turns that need no tool."""
+        for name, shots in examples.items():
+            if name and name not in self._tools:
+                raise ToolError(f"examples for {name!r}, which is not registered")
+            known = self._examples.setdefault(name, [])
+            known += [shot for shot in shots if shot not in known]
+        self.add_speech_hints(said for name, shots in examples.items() if name for said, _ in shots)
+
+    @property
+    def examples(self) -> dict[str, list[Example]]:
+        return {name: list(shots) for name, shots in self._examples.items() if not name or name in self._tools}
+
+    def add_speech_hints(
+        self, sentences: Iterable[str] = (), words: Callable[[], Iterable[str]] | None = None
+    ) -> None:
+        """Tell the speech recogniser what users say to these tools: example `sentences` (the tool author's),
+        and `words`, called each time a prompt is built, for the names the tools' data holds now (guests,
+        events). Whisper spells names it was primed with far more often right ("Add Tom to the picnic"
+        instead of "and time to the beginning"); see `speech_prompt`."""
+        self._sentences += [s for s in sentences if s not in self._sentences]
+        if words is not None:
+            self._word_sources.append(words)
+
+    def speech_prompt(self, max_chars: int = SPEECH_PROMPT_CHARS) -> str | None:
+        """The text to prime the speech recogniser with (Whisper's `initial_prompt`), or None without hints.
+
+        Example sentences first (every tool's first, then the second ...), then the known names; when too
+        long, the last sentences are dropped first (a recogniser keeps the prompt's end). A failing word source is skipped: hints never break a turn."""
+        words: list[str] = []
+        for source in self._word_sources:
+            try:
+                words += [str(w).strip() for w in source() if str(w).strip()]
+            except Exception:  # a hint is optional; the turn must not fail on it
+                continue
+        names = ", ".join(dict.fromkeys(words))
+        names = names[-max_chars:].split(", ", 1)[-1] if len(names) > max_chars else names
+        by_tool = [[said for said, _ in shots] for name, shots in self.examples.items() if name]
+        ordered = [said for round_ in itertools.zip_longest(*by_tool) for said in round_ if said]
+        sentences = list(dict.fromkeys(ordered + self._sentences))  # every tool's first example first
+        while sentences and len(" ".join(sentences)) + len(names) + 2 > max_chars:
+            sentences.pop()
+        text = " ".join(sentences + ([names + "."] if names else []))
+        return text or None
+
     def remove(self, name: str) -> None:
         """Unregister a tool (conversations already holding it keep their copy of the registry)."""
         if self._tools.pop(name, None) is None:
@@ -118,6 +172,11 @@ class ToolRegistry:
                 if tool.name in out._tools:
                     raise ToolError(f"a tool named {tool.name!r} is already registered")
                 out._tools[tool.name] = tool
+            if registry is not None:
+                for name, shots in registry._examples.items():
+                    out._examples.setdefault(name, []).extend(s for s in shots if s not in out._examples[name])
+                out.add_speech_hints(registry._sentences)
+                out._word_sources += [w for w in registry._word_sources if w not in out._word_sources]
         return out
 
     @property

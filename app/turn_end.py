@@ -17,7 +17,7 @@ import numpy as np
 
 from app.events import TurnSignals
 from app.turn_state import SilenceWork, Utterance
-from asr.endpointing import decide
+from asr.endpointing import decide, ends_sentence
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class TurnEnd:
         self._conv = conv
         self._smart_turn: Any = None
         self._shown: tuple[tuple[float | None, float | None], float] = ((None, None), -SHOW_EVERY_MS)
+        # (silence id, the transcript of that silence ended in . ? !): rides with its text signal
+        self._final: tuple[int, bool] = (0, False)
         if conv.config.endpointing == "semantic" and conv.config.turn_detection is not None:
             self._load()
 
@@ -77,6 +79,7 @@ class TurnEnd:
             return
         p = await conv._lanes.llm.run(conv._session.end_of_turn_probability, text)
         if u.silence is work:
+            self._final = (work.id, ends_sentence(text))
             work.p_text = p
 
     def _show(self, p_audio: float | None, p_text: float | None, silence_ms: float, wait_ms: float) -> None:
@@ -100,8 +103,9 @@ class TurnEnd:
         work = u.silence
         p_audio = work.p_audio if work is not None else None
         p_text = work.p_text if work is not None else None
-        decision = decide(p_audio, p_text, eagerness=cfg.eagerness, hangover_ms=cfg.hangover_ms,
-                          max_silence_ms=cfg.max_silence_ms)  # fmt: skip
+        final = self._final[1] if work is not None and self._final[0] == work.id else None
+        decision = decide(p_audio, p_text, text_final=final, eagerness=cfg.eagerness,
+                          hangover_ms=cfg.hangover_ms, max_silence_ms=cfg.max_silence_ms)  # fmt: skip
         self._show(p_audio, p_text, silence_ms, decision.wait_ms)
         if p_audio is not None and p_text is not None:
             return decision.reason if silence_ms >= decision.wait_ms else None

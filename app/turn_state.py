@@ -54,6 +54,8 @@ class SilenceWork:
     """Everything started for one silence inside an utterance; stale as soon as the user speaks again."""
 
     started_sample: int  # conversation clock when the silence work started
+    started_wall: float = 0.0  # perf_counter() then (the first stage of the preemptive path)
+    transcript_wall: float | None = None  # perf_counter() when the turn's transcript was known
     id: int = field(default_factory=lambda: next(_silences))
     decode: asyncio.Task | None = None  # the decode of all audio so far (-> transcript, text signal)
     reply: Any = None  # the preemptive Reply, if preemption is on

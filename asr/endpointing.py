@@ -3,9 +3,12 @@
 * audio: Smart Turn v3.2's P(complete) on the last <= 8 s (asr/smart_turn.py) - hears intonation;
 * text: the answering LLM's P(the next token ends the turn) after the user's words
   (`llm.session.Session.end_of_turn_probability`) - knows "My order number is" is not finished;
-* silence so far: the turn ends when the silence reaches the wait chosen from the other two.
+* Whisper's own punctuation at the pause: a transcript that ends in "." "?" "!" (Whisper hears the
+  falling pitch and the closed syntax; a cut sentence mostly ends with no mark or a comma) - rides with
+  the text signal (the LLM probe strips it first, so the two do not count the same thing twice);
+* silence so far: the turn ends when the silence reaches the wait chosen from the others.
 
-A logistic model (`z = bias + w_audio * logit(p_audio) + w_text * log10(p_text)`, fitted by
+A logistic model (`z = bias + w_audio * logit(p_audio) + w_text * log10(p_text) + w_final * final`, fitted by
 scripts/fit_turn_fusion.py on a generated training set, never on benchmark questions; the weights live in
 asr/data/turn_fusion.json) turns the signals into P(finished). Per eagerness, two thresholds on it shape a
 GRADED wait: at or above `complete` -> `SHORT_MS`; at or below `unfinished` -> `long_ms` (capped by `max_silence_ms`); in between
@@ -33,13 +36,16 @@ class Logistic:
     bias: float
     w_audio: float
     w_text: float
+    w_final: float = 0.0  # the transcript ended in sentence-final punctuation (counts with the text signal)
 
-    def probability(self, audio: float | None, text: float | None) -> float:
+    def probability(self, audio: float | None, text: float | None, final: bool | None = None) -> float:
         z = self.bias
         if audio is not None:
             z += self.w_audio * audio_feature(audio)
         if text is not None:
             z += self.w_text * text_feature(text)
+            if final:
+                z += self.w_final
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
@@ -85,13 +91,27 @@ class FusionParams:
         return None
 
 
+# Smart Turn's logit is clipped to +-2 (P 0.12-0.88): on a voice unlike its training data it can be sure
+# and wrong (a finished question at P 0.01), and the clip keeps one signal from overruling the others.
+# Chosen by leaving one calibration voice out at a time (scripts/fit_turn_fusion.py --leave-voice-out).
+AUDIO_LOGIT_LIMIT = 2.0
+
+
 def audio_feature(p: float) -> float:
     p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
+    return max(-AUDIO_LOGIT_LIMIT, min(AUDIO_LOGIT_LIMIT, math.log(p / (1 - p))))
 
 
 def text_feature(p: float) -> float:
     return math.log10(max(p, 1e-6))
+
+
+FINAL_MARKS = (".", "?", "!", "…")
+
+
+def ends_sentence(transcript: str) -> bool:
+    """Whisper closed the words heard with sentence-final punctuation (the `final` feature)."""
+    return transcript.rstrip().endswith(FINAL_MARKS)
 
 
 @cache
@@ -116,20 +136,22 @@ def decide(
     audio: float | None,
     text: float | None,
     *,
+    text_final: bool | None = None,
     endpointing: str = "semantic",
     eagerness: str = "auto",
     hangover_ms: float = 500,
     max_silence_ms: float = 2000,
     params: FusionParams | None = None,
 ) -> Decision:
-    """The silence that ends the turn, given the signals ready now (None = not ready)."""
+    """The silence that ends the turn, given the signals ready now (None = not ready); `text_final`:
+    the transcript the text signal was measured on ended in sentence-final punctuation."""
     if endpointing == "fixed":
         return Decision(min(hangover_ms, max_silence_ms), None, "fixed")
     params = params or load_params()
     model = params.model(audio, text)
     if model is None:
         return Decision(min(hangover_ms, max_silence_ms), None, "timer")
-    p = model.probability(audio, text)
+    p = model.probability(audio, text, text_final)
     limits = params.thresholds[eagerness]
     wait = graded_wait(p, limits, max_silence_ms)
     reason = "complete" if p >= limits.complete else "unfinished" if p <= limits.unfinished else "unsure"

@@ -109,9 +109,46 @@ class ShortWindowDecoder:
         timed = self._align(ids, encoded, frames) if timestamps and ids else None
         return DecodeResult(text, words, time.perf_counter() - started, full, timed)
 
-    def _run(self, audio: np.ndarray, prompt: str | None, cap: int, full: bool):
-        from faster_whisper.transcribe import get_ctranslate2_storage
+    @staticmethod
+    def batchable(audio: np.ndarray, prompt: str | None, timestamps: bool, pad_s: float = 2.0) -> bool:
+        """Whether `decode_many` can take this decode: a short window, no prompt, no word timestamps (the
+        rest — long buffers of a long utterance — is rare and decoded alone)."""
+        return not timestamps and not (prompt and prompt.strip()) and audio.size / RATE + pad_s <= 29.0
 
+    def decode_many(self, audios: list[np.ndarray]) -> list[DecodeResult]:
+        """Several short-window decodes (of different sessions) as ONE batched encode and generate: on a
+        CPU the decoder's steps are memory-bound, so a batch of 4 costs far less than 4 decodes. The batch
+        is padded with silence to its longest audio (the shorter ones hear more trailing silence, which can
+        change a word's case or punctuation, seldom a word). A result that loops is redone alone with the
+        full window, as in `decode`. Only for audio `batchable` accepts."""
+        if len(audios) == 1:
+            return [self.decode(audios[0])]
+        started = time.perf_counter()
+        audios = [np.ascontiguousarray(a, dtype=np.float32) for a in audios]
+        caps = [int(min(200, 10 + 5 * a.size / RATE)) for a in audios]
+        features = [self._features(a, full=False) for a in audios]
+        frames = max(f.shape[1] for f in features)
+        batch = np.zeros((len(features), features[0].shape[0], frames), dtype=np.float32)
+        for row, f in zip(batch, features, strict=True):
+            row[:, : f.shape[1]] = f
+            # log-mel of silence, not zeros, beyond a shorter audio's own padding
+            row[:, f.shape[1] :] = f[:, -1:]
+        texts = [(text, ids) for text, ids, _, _ in self._generate(batch, [None] * len(audios), max(caps))]
+        redo = [i for i, (text, ids) in enumerate(texts) if len(ids) >= caps[i] - 1 or loop_start(text.split())]
+        for i in redo:  # looping on the short window: the fallback of `decode`, alone
+            text, ids, _, _ = self._run(audios[i], None, caps[i], full=True)
+            texts[i] = (text, ids)
+        results = []
+        for i, (text, _ids) in enumerate(texts):
+            words = text.split()
+            loop = loop_start(words)
+            if loop is not None:  # even the full window loops on trailing noise: keep the first copy
+                words = words[:loop]
+                text = " ".join(words)
+            results.append(DecodeResult(text, words, time.perf_counter() - started, i in redo, None))
+        return results
+
+    def _features(self, audio: np.ndarray, full: bool) -> np.ndarray:
         fe = self.model.feature_extractor
         if full:
             features = fe(audio[: 30 * RATE])  # pads to (at least) the 30 s window
@@ -120,19 +157,35 @@ class ShortWindowDecoder:
             padded = np.concatenate([audio, np.zeros(int(self.pad_s * RATE), dtype=np.float32)])
             features = fe(padded, padding=0)
             frames = min(FULL_WINDOW_FRAMES, features.shape[1] - features.shape[1] % 2)
-        features = np.ascontiguousarray(features[:, :frames], dtype=np.float32)
-        encoded = self.model.model.encode(get_ctranslate2_storage(features[None]), to_cpu=False)
+        return np.ascontiguousarray(features[:, :frames], dtype=np.float32)
+
+    def _run(self, audio: np.ndarray, prompt: str | None, cap: int, full: bool):
+        features = self._features(audio, full)
+        return self._generate(features[None], [prompt], cap)[0]
+
+    def _generate(self, features: np.ndarray, prompts: list[str | None], cap: int):
+        """Encode a batch of log-mel windows (same length) and decode each greedily: (text, ids, encoded,
+        frames) per row."""
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        frames = features.shape[-1]
+        encoded = self.model.model.encode(get_ctranslate2_storage(np.ascontiguousarray(features)), to_cpu=False)
         tk = self.tokenizer
-        prefix: list[int] = []
-        if prompt and prompt.strip():
-            prefix = [tk.sot_prev] + tk.encode(" " + prompt.strip())[-100:]
-        prefix += list(tk.sot_sequence) + [tk.no_timestamps]
+        prefixes = []
+        for prompt in prompts:
+            prefix: list[int] = []
+            if prompt and prompt.strip():
+                prefix = [tk.sot_prev] + tk.encode(" " + prompt.strip())[-100:]
+            prefixes.append(prefix + list(tk.sot_sequence) + [tk.no_timestamps])
         # CTranslate2's Whisper stops at about max_length / 2 generated tokens (measured): ask for 2x.
-        result = self.model.model.generate(
-            encoded, [prefix], beam_size=1, max_length=2 * cap, suppress_blank=True, suppress_tokens=[-1]
-        )[0]
-        ids = [i for i in result.sequences_ids[0] if i < tk.eot]
-        return tk.decode(ids).strip(), ids, encoded, frames
+        results = self.model.model.generate(
+            encoded, prefixes, beam_size=1, max_length=2 * cap, suppress_blank=True, suppress_tokens=[-1]
+        )
+        out = []
+        for result in results:
+            ids = [i for i in result.sequences_ids[0] if i < tk.eot]
+            out.append((tk.decode(ids).strip(), ids, encoded, frames))
+        return out
 
     def _align(self, ids: list[int], encoded, frames: int) -> list[TimedWord] | None:
         """Word end times from cross-attention; punctuation is merged into the word before it."""
@@ -172,10 +225,15 @@ class Partial:
 class StreamingTranscriber:
     """One utterance at a time: append audio, decode snapshots, commit words with LocalAgreement-2."""
 
-    def __init__(self, decoder: ShortWindowDecoder, max_buffer_s: float = 12.0, keep_s: float = 4.0) -> None:
+    def __init__(
+        self, decoder: ShortWindowDecoder, max_buffer_s: float = 12.0, keep_s: float = 4.0, context: str = ""
+    ) -> None:
         self.decoder = decoder
         self.max_buffer_s = max_buffer_s
         self.keep_s = keep_s
+        # Fixed words Whisper is primed with (e.g. the tools' names and example sentences: a vocabulary
+        # hint). Placed first in the prompt, so the decoder's 100-token prompt limit drops it first.
+        self.context = context.strip()
         self.reset()
 
     def reset(self) -> None:
@@ -203,7 +261,7 @@ class StreamingTranscriber:
     def snapshot(self) -> DecodeJob:
         return DecodeJob(
             audio=self._buffer.copy(),
-            prompt=" ".join(self._frozen[-40:]),
+            prompt=" ".join([self.context, *self._frozen[-40:]]).strip(),
             buffer_start=self._buffer_start,
             end=self.samples,
             timestamps=self._buffer.size > self.max_buffer_s * RATE,

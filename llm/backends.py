@@ -17,7 +17,7 @@ the *auto* choice only for the `gpu-h100` profile (the `gpu-local` profile keeps
 targets); `--dtype fp8` asks for it anywhere it can run. On CPU, fp8 is an exact emulation (correctness
 checks, not speed). A request this machine cannot serve (`--device cuda` without CUDA, `--dtype fp8` on a
 GPU older than Ada, bf16 on a pre-Ampere GPU, a cuda:N that does not exist) raises `BackendUnavailable`,
-a `ConfigError`, so the CLI prints it as one line.
+a `ValueError` that the CLI prints as one line (app/cli.py `user_errors`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.config import ConfigError
-
 log = logging.getLogger(__name__)
 
 FP8_MIN_CAPABILITY = (8, 9)
@@ -43,7 +41,7 @@ DTYPES = {
 FP8_PROFILES = ("gpu-h100",)
 
 
-class BackendUnavailable(ConfigError):
+class BackendUnavailable(ValueError):
     """The requested device/dtype cannot run on this machine."""
 
 

@@ -28,10 +28,12 @@ class ModelLoadError(RuntimeError):
     """A model path that does not exist or is not a model we can read."""
 
 
-def _cache_root() -> Path:
-    from app.store import cache_root
-
-    return Path(cache_root())
+def _converted_root(gguf: Path) -> Path:
+    """Where the dequantised folder of `gguf` goes: beside the file (the model store's cache for the
+    defaults), or the temp dir when that folder is read-only."""
+    if os.access(gguf.parent, os.W_OK):
+        return gguf.parent / ".converted"
+    return Path(tempfile.gettempdir()) / "specvoice-converted"
 
 
 def _conversion_key(gguf: Path) -> str:
@@ -63,7 +65,7 @@ def ensure_hf_folder(path: Path | str) -> Path:
         path = ggufs[0]
     if not path.is_file() or path.suffix != ".gguf":
         raise ModelLoadError(f"{path}: expected an HF model folder or a .gguf file")
-    target = _cache_root() / "converted" / _conversion_key(path)
+    target = _converted_root(path) / _conversion_key(path)
     if is_hf_folder(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ matmul takes one scale per output row (re-quantising would cost 5x the bf16 erro
 code splits exactly into two int4 halves, run as two packed int4 matmuls (`Q8Linear`); fp32 logits.
 
 Measured on the 2-core dev box (µs per call, 1 thread, docs/llm.md): the packed int4 matmul beats a bf16
-one only for a single row of activations and loses as rows grow (it unpacks per row), so each quantised
+one for a few rows of activations and loses as rows grow (it unpacks per row), so each quantised
 linear keeps its bf16 weight too and picks the kernel by the number of rows: ≤ `max_rows` → packed,
-else bf16. A 1-token decode step runs the packed weights, a (k+1)-token verify or a prefill chunk runs bf16.
+else bf16. A 1-token decode step and a short verify (≤ 5 rows) run the packed weights, a longer verify or a
+prefill chunk runs bf16.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from torch import Tensor, nn
 
 GROUP = 32
 QUANT_MODES = ("none", "int4")
-# Rows of activations up to which the packed kernels are used (1: decode steps only; measured, see above).
-PACKED_MAX_ROWS = 1
+# Rows of activations up to which the packed kernels are used: decode steps and short verifies (a pending
+# token + up to 4 draft-head tokens). A whole forward of T rows at position 120-200, 1 thread, hidden states
+# returned (docs/llm.md): packed T=1/2/3/4/5 21/28/28/30/38 ms against bf16 53/74/56/76/56 ms; from ~7 rows
+# on bf16 wins (the packed kernel unpacks per row of activations).
+PACKED_MAX_ROWS = 5
 # A batched forward (llm/batch.py) of several sessions' rows overrides that limit while it runs: per row
 # the packed kernel's cost is flat, so up to ~8 rows it still beats bf16 (docs/llm.md, "Batching").
 packed_rows_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("packed_rows_limit", default=None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +125,8 @@ _EDGE_PUNCTUATION = ".,!?;:\"()[]"
 
 
 def utterance_spans(text: str, max_words: int = MAX_SPAN_WORDS) -> list[str]:
-    """Every run of 1..max_words words of `text`, punctuation trimmed at the edges, first seen first."""
+    """Every run of 1..max_words words of `text`, punctuation trimmed at the edges, first seen first; a
+    run ending in a possessive also without it ("Emma's" and "Emma": the honoree of "Emma's birthday")."""
     words = text.split()
     spans: dict[str, None] = {}
     for n in range(1, max_words + 1):
@@ -132,6 +134,9 @@ def utterance_spans(text: str, max_words: int = MAX_SPAN_WORDS) -> list[str]:
             span = " ".join(words[i : i + n]).strip(_EDGE_PUNCTUATION + " ")
             if span and '"' not in span and "\\" not in span:
                 spans.setdefault(span, None)
+                owner = re.sub(r"['’]s$", "", span)
+                if owner != span and owner:
+                    spans.setdefault(owner, None)
     return list(spans)
 
 
@@ -290,13 +295,38 @@ def channel_scores(
         shots = (examples or {}).get(tool.name, [])
         prefix = tool.description + "".join(f'\nA request of this kind: "{text}"' for text, _ in shots)
         context = _ids(tokenizer, prefix + "\nA request of this kind:")
-        ids = context + said
-        cache = model.new_cache(len(ids))
-        with torch.no_grad():
-            logits = model(torch.tensor(ids[:-1]), cache, 0)
-        logp = torch.log_softmax(logits[len(context) - 1 :].float(), dim=-1)
-        scores.append(float(logp[torch.arange(len(said)), torch.tensor(said)].sum()))
+        scores.append(_continuation_log_prob(model, context, said))
     return scores
+
+
+_PREFIXES: OrderedDict[tuple[int, tuple[int, ...]], tuple[Any, torch.Tensor]] = OrderedDict()
+_PREFIXES_LOCK = threading.Lock()
+MAX_PREFIXES = 64  # tools' channel contexts kept prefilled (a few MB each for the 135M model)
+SAID_ROOM = 192  # tokens of utterance a kept prefix has room for; longer ones get a scratch cache
+
+
+def _continuation_log_prob(model: Any, context: list[int], said: list[int]) -> float:
+    """log P(said | context) under `model`. A tool's context does not change between turns, so its keys and
+    values are computed once and kept (the utterance is written after them, overwriting only its own
+    slots): one forward over the utterance's tokens per tool instead of over context + utterance."""
+    key = (id(model), tuple(context))
+    with _PREFIXES_LOCK, torch.no_grad():
+        kept = _PREFIXES.get(key)
+        if kept is None or len(said) > SAID_ROOM:
+            cache = model.new_cache(len(context) + max(SAID_ROOM, len(said)))
+            first = model(torch.tensor(context), cache, 0)[-1]
+            if len(said) <= SAID_ROOM:
+                _PREFIXES[key] = kept = (cache, first)
+                while len(_PREFIXES) > MAX_PREFIXES:
+                    _PREFIXES.popitem(last=False)
+        else:
+            cache, first = kept
+            _PREFIXES.move_to_end(key)
+        logits = [first.unsqueeze(0)]
+        if len(said) > 1:
+            logits.append(model(torch.tensor(said[:-1]), cache, len(context)))
+        logp = torch.log_softmax(torch.cat(logits).float(), dim=-1)
+        return float(logp[torch.arange(len(said)), torch.tensor(said)].sum())
 
 
 def _name_scores(session: Any, tools: list[ToolSpec]) -> list[float]:

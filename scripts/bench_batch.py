@@ -1,4 +1,4 @@
-"""Batched vs sequential decoding of N concurrent replies on the product's LLM (llm/bench_batch.py).
+"""Batched vs sequential decoding of N concurrent replies on the product's LLM (bench/llm_batch.py).
 
     .venv/bin/python scripts/bench_batch.py [--levels 1,2,4,8] [--max-tokens 32] [--repeats 2]
         [--drafter ngram|none] [--json out.json] [--set llm.quant=none ...]
@@ -33,7 +33,7 @@ def main() -> int:
     from app.assistant import load_engine
     from app.config import load_config
     from app.profiles import resolve_profile
-    from llm.bench_batch import measure, table
+    from bench.llm_batch import measure, table
 
     config = load_config(overrides=dict(item.split("=", 1) for item in args.set))
     engine = load_engine(resolve_profile(config), config)

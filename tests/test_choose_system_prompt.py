@@ -59,8 +59,8 @@ def test_question_sets_are_large_enough_and_disjoint_from_each_other_and_the_ben
         return " ".join(re.sub(r"[^\w ]", " ", text.lower()).split())
 
     assert not {norm(q) for q in dev} & {norm(q) for q in heldout}
-    from app.bench_voice_questions import load_texts
-    from llm.bench import PROMPTS
+    from bench.llm import PROMPTS
+    from bench.voice_questions import load_texts
 
     others = {norm(p) for p in PROMPTS} | {norm(" ".join(parts)) for parts in load_texts()}
     assert not ({norm(q) for q in dev + heldout} & others)

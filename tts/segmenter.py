@@ -63,7 +63,18 @@ class Segmenter:
         text = self._text
         first = self.pieces_out == 0
         min_words = self.first_min_words if first else self.min_words
+        words = text.split()
+        # The first piece is never longer than a few words when more text is already there (speculative
+        # decoding often hands over a whole clause at once: "Set a timer for 20 minutes," would be spoken
+        # as one first piece, twice the synthesis before the first sound).
+        word_cut = (
+            self._index_after_words(text, self.first_max_words)
+            if first and len(words) > self.first_max_words
+            else None
+        )
         for i, ch in enumerate(text[:-1]):
+            if word_cut is not None and i >= word_cut:
+                return word_cut
             if not text[i + 1].isspace():
                 continue
             words_before = len(text[: i + 1].split())
@@ -74,12 +85,11 @@ class Segmenter:
                 return i + 1
             if first and words_before >= min_words and any(text.startswith(d, i) for d in _DASHES):
                 return i + 1
-        words = text.split()
-        if first and len(words) > self.first_max_words:
+        if word_cut is not None:
             # No punctuation soon: cut after a few words rather than wait for the whole sentence. A word
             # after them proves they are complete (LLM tokens carry their *leading* space, " weather", so
             # the text seldom ends in one: waiting for that kept the whole first sentence as one piece).
-            return self._index_after_words(text, self.first_max_words)
+            return word_cut
         if len(text) > self.max_chars and text[-1].isspace():
             return self._index_after_words(text, len(words) - 1)
         return None

@@ -6,11 +6,11 @@ import argparse
 import importlib
 
 BENCHES: dict[str, tuple[str, str]] = {
-    "llm": ("llm.bench", "HF generate vs our engine, autoregressive and speculative"),
-    "voice": ("app.bench_voice", "turn taking: wait after speech, false endpoints; configurations vs sequential"),
-    "serve": ("app.bench_serve", "concurrent websocket sessions: latency, errors, memory"),
-    "gpu": ("llm.bench_gpu", "GPU step times, FP8 vs bf16, kernels vs reference (random weights)"),
-    "tools": ("app.bench_tools", "spoken commands -> tool calls: decision, tool and argument accuracy, timings"),
+    "llm": ("bench.llm", "HF generate vs our engine, autoregressive and speculative"),
+    "voice": ("bench.voice", "turn taking: wait after speech, false endpoints; configurations vs sequential"),
+    "serve": ("bench.serve", "concurrent websocket sessions: latency, errors, memory"),
+    "gpu": ("bench.gpu", "GPU step times, FP8 vs bf16, kernels vs reference (random weights)"),
+    "tools": ("bench.tools", "spoken commands -> tool calls: decision, tool and argument accuracy, timings"),
 }
 
 

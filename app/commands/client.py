@@ -10,9 +10,11 @@ import base64
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -289,20 +291,31 @@ async def _mic_session(url: str, token: str | None) -> int:
                     print(f"server error: {event['error']['message']}", file=sys.stderr, flush=True)
 
         receiver = asyncio.create_task(receive())
+        streams = [
+            sd.InputStream(samplerate=RATE, channels=1, dtype="int16", blocksize=RATE * CHUNK_MS // 1000,
+                           callback=on_mic),
+            sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=playback.callback),
+        ]  # fmt: skip
         try:
-            with (
-                sd.InputStream(
-                    samplerate=RATE,
-                    channels=1,
-                    dtype="int16",
-                    blocksize=RATE * CHUNK_MS // 1000,
-                    callback=on_mic,
-                ),
-                sd.OutputStream(samplerate=RATE, channels=1, dtype="int16", callback=playback.callback),
-            ):
-                print("listening (Ctrl-C to stop)", flush=True)
-                while not receiver.done():
-                    await ws.send(_append(await mic.get()))
+            for stream in streams:
+                stream.start()
+            print("listening (Ctrl-C to stop)", flush=True)
+            while not receiver.done():
+                await ws.send(_append(await mic.get()))
         finally:  # Ctrl-C cancels us here: streams and socket close on the way out
             receiver.cancel()
+            _close_streams(streams)
     return 0
+
+
+def _close_streams(streams: list[Any], timeout_s: float = 2.0) -> None:
+    """Close the sound streams without draining them (close() discards what is queued, as abort() does; a
+    `with` block's stop() would first wait for the output to play out). A stalled sound server can still
+    hold PortAudio's close, so it runs on a daemon thread: Ctrl-C must end the client promptly."""
+    closer = threading.Thread(
+        target=lambda: [stream.close(ignore_errors=True) for stream in streams], name="close-audio", daemon=True
+    )
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        print("the sound server did not close the audio streams in time; leaving them", file=sys.stderr)

@@ -22,6 +22,7 @@ from app.server.realtime_output import SERVER_SIDE_CODES, RealtimeOutput, Reply,
 from app.server.realtime_schema import (
     SessionSettings,
     function_call_output_item,
+    parse_instructions,
     parse_modalities,
     parse_session_update,
     parse_tool_choice,
@@ -68,7 +69,7 @@ class RealtimeSession(RealtimeOutput, WireSession):
         # (both in one burst) cancels it before it starts, with this reason.
         self.response_requested = False
         self.requested_text_only: bool | None = None  # response.create's output_modalities, for that reply
-        self.tools_overridden = False  # the conversation holds a response.create's own tools
+        self.overridden = False  # the conversation holds a response.create's own tools or instructions
         self.early_cancel: str | None = None
         self.pending_text_chars = 0  # user text added since the last reply (bounded like one message)
         # The vendor event `specvoice.turn_signals` goes only to clients that ask for it with
@@ -160,14 +161,11 @@ class RealtimeSession(RealtimeOutput, WireSession):
             ) from None
         registry = tools_registry(new.tools)  # checked by parse_session_update: cannot fail here
         restarted = False
-        if new.instructions != self.settings.instructions:
+        if new.instructions != self.settings.instructions and self.used:
+            # The history stays; the LLM session is rebuilt under the new prompt (after a reply in progress).
+            await self.conv.set_instructions(new.instructions)
+        elif new.instructions != self.settings.instructions:
             restarted = True
-            if self.used:
-                raise ProtocolError(
-                    "instructions can only change before the first audio or text",
-                    "session_update_too_late",
-                    "session.instructions",
-                )
             try:  # the new conversation is built before the old one is closed (WireSession)
                 await self.start_conversation(self._new_conversation_config(new))
             except ValueError as exc:
@@ -337,17 +335,26 @@ class RealtimeSession(RealtimeOutput, WireSession):
             tool_choice = parse_tool_choice(options["tool_choice"], tools, "response.tool_choice")
         modalities = parse_modalities(options.get("output_modalities"))
         text_only = None if modalities is None else "audio" not in modalities
-        if tools != self.settings.tools:
-            # This response's own tools: the conversation gets them now and the session's back when the
-            # response is done (each change rebuilds the LLM session's prompt, same history).
-            if self.busy():
-                raise ProtocolError("a response is in progress; per-response tools wait until it is done",
-                                    "conversation_already_has_active_response", "response.tools")  # fmt: skip
+        instructions = parse_instructions(options.get("instructions"), self.server.config.max_text_chars * 4,
+                                          "response.instructions")  # fmt: skip
+        own_tools = tools != self.settings.tools
+        own_instructions = instructions is not None and instructions != self.settings.instructions
+        if (own_tools or own_instructions) and self.busy():
+            raise ProtocolError("a response is in progress; per-response tools and instructions wait until it "
+                                "is done", "conversation_already_has_active_response", "response")  # fmt: skip
+        # This response's own tools / instructions: the conversation gets them now and the session's back
+        # when the response is done (each change rebuilds the LLM session's prompt, same history).
+        if own_instructions:
+            self.overridden = True
+            await self.conv.set_instructions(instructions)
+        if own_tools:
+            self.overridden = True
             try:
                 await self.conv.set_tools(tools_registry(tools), tool_choice or "auto")
             except ValueError as exc:
+                await self.conv.set_instructions(self.settings.instructions)
+                self.overridden = False
                 raise ProtocolError(str(exc), "invalid_value", "response.tools") from None
-            self.tools_overridden = True
         self.used = True
         if self.current is None:
             self.response_requested = True

@@ -66,7 +66,7 @@ class RealtimeOutput:
     partial_sent: str
     response_requested: bool
     requested_text_only: bool | None
-    tools_overridden: bool
+    overridden: bool
     early_cancel: str | None
     pending_text_chars: int
     turn_signals: bool
@@ -319,9 +319,11 @@ class RealtimeOutput:
             }
         else:
             details = None
-        if self.tools_overridden and not self.response_requested:
-            # A response with its own tools is over: the session's come back before the client hears so.
-            self.tools_overridden = False
+        if self.overridden and not self.response_requested:
+            # A response with its own tools or instructions is over: the session's come back before the
+            # client hears so (each a no-op when it was not overridden).
+            self.overridden = False
+            await self.conv.set_instructions(self.settings.instructions)
             await self.conv.set_tools(tools_registry(self.settings.tools), self.settings.tool_choice)
         await self.emit(
             "response.done",

@@ -232,6 +232,18 @@ def tools_registry(tools: tuple[dict[str, Any], ...]):
     return registry
 
 
+def parse_instructions(value: Any, max_chars: int, param: str) -> str | None:
+    """`instructions` of a session.update or a response.create: a bounded string, or None (absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"{param} must be a string", "invalid_value", param)
+    if len(value) > max_chars:
+        raise ProtocolError(f"instructions of {len(value)} characters exceed the {max_chars}-character limit",
+                            "instructions_too_long", param)  # fmt: skip
+    return value
+
+
 def parse_session_update(
     current: SessionSettings, session: dict[str, Any], max_instructions: int = 16_000
 ) -> SessionSettings:
@@ -262,16 +274,8 @@ def parse_session_update(
     elif "turn_detection" in session:
         changes["turn_detection"] = _turn_detection(session["turn_detection"], "session.turn_detection")
         _check_turn_detection_values(changes["turn_detection"], "session.turn_detection")
-    instructions = session.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise ProtocolError("session.instructions must be a string", "invalid_value", "session.instructions")
-    if isinstance(instructions, str):
-        if len(instructions) > max_instructions:
-            raise ProtocolError(
-                f"instructions of {len(instructions)} characters exceed the {max_instructions}-character limit",
-                "instructions_too_long",
-                "session.instructions",
-            )
+    instructions = parse_instructions(session.get("instructions"), max_instructions, "session.instructions")
+    if instructions is not None:
         changes["instructions"] = instructions
     voice = audio_out.get("voice", session.get("voice"))
     if isinstance(voice, str):

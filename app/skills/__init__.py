@@ -34,4 +34,9 @@ def install_skills(assistant: Any) -> list[str]:
             tool = wanted.tool(spec.name)
             registry.register(tool.function, name=spec.name, timeout_s=tool.timeout_s)
             added.append(spec.name)
+    if added:  # the skills' speech hints (examples, known names) come with their tools
+        registry.add_examples({name: shots for name, shots in wanted.examples.items() if name in added})
+        registry.add_speech_hints(wanted._sentences)
+        for source in wanted._word_sources:
+            registry.add_speech_hints(words=source)
     return added

@@ -21,8 +21,10 @@ MAX_TEXT = 300  # a reason or summary longer than this is cut (it goes into a ma
 
 
 EXAMPLES: dict[str, list[tuple[str, dict]]] = {  # for the tool prompt (see app/skills/events.py)
-    "transfer_call": [("Can somebody help me with a damaged parcel?", {"reason": "damaged parcel"})],
-    "end_call": [("Great, that answers it. Bye!", {"summary": "Caller's question answered."})],
+    "transfer_call": [("Can somebody help me with a damaged parcel?", {"reason": "damaged parcel"}),
+                      ("Is there a person I can talk to?", {"reason": "caller asked for a person"})],
+    "end_call": [("Great, that answers it. Bye!", {"summary": "Caller's question answered."}),
+                 ("No, that was all. Have a nice day.", {"summary": "Nothing else needed."})],
 }
 
 
@@ -77,4 +79,5 @@ def register_call_center_tools(registry: ToolRegistry, actions: CallActions) -> 
         """
         return actions.request(CallActionKind.END, summary)
 
+    registry.add_examples(EXAMPLES)
     return registry

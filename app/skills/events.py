@@ -9,29 +9,41 @@ from app.tools import ToolRegistry
 
 # One spoken example per tool, written out as a call in the tool prompt (llm/tool_format.py `tools_prompt`):
 # the 135M default copies a worked example far better than it reads a listing. None of these sentences is
-# in the benchmark's dev or test set (app/bench_data/tool_commands.json).
+# in the benchmark's dev or test set (bench/data/tool_commands.json).
 EXAMPLES: dict[str, list[tuple[str, dict]]] = {
     "add_guest": [("Add Olivia to the garden party, she is allergic to nuts.",
-                   {"event": "garden party", "name": "Olivia", "dietary": "nut allergy", "plus_ones": 0})],
-    "record_rsvp": [("Noah said no to the brunch.", {"event": "brunch", "name": "Noah", "answer": "no"})],
-    "who_has_not_answered": [("Who has not answered for the brunch?", {"event": "brunch"})],
+                   {"name": "Olivia", "event": "garden party", "dietary": "nut allergy", "plus_ones": 0}),
+                  ("Invite Henry and his partner to the brunch.",
+                   {"name": "Henry", "event": "brunch", "dietary": "", "plus_ones": 1})],
+    "record_rsvp": [("Noah said no to the brunch.", {"name": "Noah", "event": "brunch", "answer": "no"}),
+                    ("Zoe accepted the invitation to the garden party.",
+                     {"name": "Zoe", "event": "garden party", "answer": "yes"}),
+                    ("Ethan doesn't know yet if he can come to the brunch.",
+                     {"name": "Ethan", "event": "brunch", "answer": "maybe"})],
+    "who_has_not_answered": [("Who has not answered for the brunch?", {"event": "brunch"}),
+                             ("Which guests are still undecided about the garden party?", {"event": "garden party"})],
     "plan_evening": [("Plan the brunch from ten in the morning to two in the afternoon.",
-                      {"event": "brunch", "start": "ten in the morning", "end": "two in the afternoon"})],
+                      {"event": "brunch", "start": "ten in the morning", "end": "two in the afternoon"}),
+                     ("Organise the garden party from eight until one in the morning.",
+                      {"event": "garden party", "start": "eight", "end": "one in the morning"})],
     "write_toast": [("Write a toast for Lily's promotion.",
-                     {"event": "Lily's promotion", "honoree": "Lily", "occasion": "promotion"})],
+                     {"honoree": "Lily", "occasion": "promotion", "event": "Lily's promotion"}),
+                    ("Say a few words for Oscar and Mia's anniversary.",
+                     {"honoree": "Oscar and Mia", "occasion": "anniversary", "event": "anniversary"})],
 }  # fmt: skip
 
 
 def register_event_tools(registry: ToolRegistry, store: EventStore) -> ToolRegistry:
-    """Add the skill's tools to `registry` (they write to `store`)."""
+    """Add the skill's tools to `registry` (they write to `store`), with speech hints: the examples and the
+    names of the events and guests in the store."""
 
     @registry.register
-    def add_guest(event: str, name: str, dietary: str = "", plus_ones: int = 0) -> dict:
+    def add_guest(name: str, event: str, dietary: str = "", plus_ones: int = 0) -> dict:
         """Add a guest to an event, with any dietary needs.
 
         Args:
-            event: the event, e.g. "Saturday's party"
             name: the guest's name
+            event: the event, e.g. "Saturday's party"
             dietary: dietary needs, e.g. vegetarian; empty if none
             plus_ones: how many people the guest brings
         """
@@ -39,13 +51,13 @@ def register_event_tools(registry: ToolRegistry, store: EventStore) -> ToolRegis
 
     @registry.register
     def record_rsvp(
-        event: str, name: str, answer: Literal["yes", "no", "maybe"], plus_ones: int | None = None
+        name: str, event: str, answer: Literal["yes", "no", "maybe"], plus_ones: int | None = None
     ) -> dict:
         """Record a guest's answer to an invitation.
 
         Args:
-            event: the event
             name: the guest's name
+            event: the event
             answer: yes, no or maybe
             plus_ones: how many people the guest brings (unchanged if not said)
         """
@@ -73,17 +85,19 @@ def register_event_tools(registry: ToolRegistry, store: EventStore) -> ToolRegis
         return {"event": event, "itinerary": store.plan_itinerary(event, evening_plan(*hours))}
 
     @registry.register
-    def write_toast(event: str, honoree: str, occasion: str) -> dict:
+    def write_toast(honoree: str, occasion: str, event: str) -> dict:
         """Write and save a short toast for the occasion.
 
         Args:
-            event: the event
             honoree: who the toast is for
             occasion: what is celebrated, e.g. fortieth birthday
+            event: the event
         """
         text = (f"Please raise your glasses to {honoree}. On this {occasion}, we are grateful for your "
                 f"friendship, your laughter and every year that brought us here. To {honoree}!")  # fmt: skip
         store.save_toast(event, text)
         return {"event": event, "toast": text}
 
+    registry.add_examples(EXAMPLES)
+    registry.add_speech_hints(words=store.known_names)
     return registry

@@ -185,6 +185,15 @@ class EventStore:
             "toasts": [t[0] for t in toasts],
         }
 
+    def known_names(self, limit: int = 200) -> list[str]:
+        """Event and guest names (newest first, at most `limit`): the speech recogniser's hints."""
+        rows = self._db.execute(
+            "SELECT name FROM (SELECT name, id, 0 AS kind FROM events UNION ALL "
+            "SELECT name, id, 1 AS kind FROM guests) ORDER BY kind, id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return list(dict.fromkeys(r[0] for r in rows))
+
     def unanswered(self, event: str) -> list[str]:
         event_id = self._event_id(self._db, event)
         rows = self._db.execute(

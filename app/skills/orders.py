@@ -25,7 +25,8 @@ SAMPLE_ORDERS = [  # (number, customer, item, status, expected delivery)
 
 
 EXAMPLES: dict[str, list[tuple[str, dict]]] = {  # for the tool prompt (see app/skills/events.py)
-    "lookup_order": [("Has order 1234 shipped yet?", {"order_number": 1234})],
+    "lookup_order": [("Has order 1234 shipped yet?", {"order_number": 1234}),
+                     ("I have a question about my order, number 5678.", {"order_number": 5678})],
 }
 
 
@@ -74,4 +75,5 @@ def register_order_tools(registry: ToolRegistry, store: OrderStore) -> ToolRegis
             return {"order_number": order_number, "found": False}
         return {"found": True, **order}
 
+    registry.add_examples(EXAMPLES)
     return registry

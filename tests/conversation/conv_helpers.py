@@ -122,3 +122,20 @@ def check_event_order(events: list[Event], output_rate: int | None = None) -> No
             replies[e.reply_id] = "interrupted"
         elif e.type == "metrics":
             assert replies.get(e.reply_id) in ("done", "interrupted"), where
+
+
+STAGE_ORDER = ("eos_to_silence_ms", "eos_to_transcript_ms", "eos_to_created_ms", "eos_to_prefilled_ms",
+               "eos_to_first_token_ms", "eos_to_first_piece_ms", "eos_to_first_piece_audio_ms")  # fmt: skip
+
+
+def check_stages(timings: dict[str, float]) -> None:
+    """A heard reply's stage timings (Reply.stage_timings) are all there and in the order the path runs them;
+    its first audio comes out at the endpoint or when synthesised, whichever is later (a few ms of slack for
+    the event loop)."""
+    missing = [k for k in (*STAGE_ORDER, "eos_to_endpoint_ms", "eos_to_first_audio_ms") if k not in timings]
+    assert not missing, (missing, timings)
+    values = [timings[k] for k in STAGE_ORDER]
+    assert values == sorted(values), timings
+    assert 0 < timings["eos_to_silence_ms"], timings  # the silence work starts after the end of speech
+    released = max(timings["eos_to_endpoint_ms"], timings["eos_to_first_piece_audio_ms"])
+    assert released - 1.0 <= timings["eos_to_first_audio_ms"] <= released + 250.0, timings

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conv_helpers import check_stages
 
-from app import bench_voice
-from app.bench_voice_questions import (
+from app.config import ConversationConfig
+from bench import voice as bench_voice
+from bench.voice_questions import (
     LEAD_MS,
     PAUSE_RANGE_MS,
     RATE,
@@ -25,7 +27,6 @@ from app.bench_voice_questions import (
     plan,
     select,
 )
-from app.config import ConversationConfig
 
 needs_voices = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -140,6 +141,9 @@ async def test_quick_bench_runs_end_to_end_and_its_numbers_are_consistent(assist
         report["configs"]["default"]["effective_settings"]["hangover_ms"]
         == assistant.config.conversation.hangover_ms
     )
+    for q in report["configs"]["default"]["per_question"]:
+        if q["eos_to_audio_ms"] is not None and q["stages"].get("preemptive") == 1.0:
+            check_stages(q["stages"])
     svg = tmp_path / "curve.svg"
     bench_voice.write_svg(report["curve"], svg)
     assert ET.parse(svg).getroot().tag.endswith("svg")
@@ -160,6 +164,15 @@ async def test_realtime_transport_measures_through_the_server(assistant):
     check_report(report, ["fixed_600"], 1, 0)
     assert r["effective_settings"]["hangover_ms"] == 600  # the server really used the configuration
     assert report["settings"]["transport"] == "realtime"
+    # The heard reply's stages come through too (read in-process from the server's conversation).
+    q = r["per_question"][0]
+    if q["eos_to_audio_ms"] is not None:
+        check_stages(q["stages"])
+        assert set(r["stages_ms"]) >= {
+            "eos_to_transcript_ms",
+            "eos_to_first_token_ms",
+            "eos_to_first_audio_ms",
+        }
 
 
 def test_bench_questions_are_not_in_any_training_or_calibration_text():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conv_helpers import Driver, check_event_order, silence, words
+from conv_helpers import Driver, check_event_order, check_stages, silence, words
 
 from app.config import ConversationConfig
 
@@ -40,6 +40,14 @@ async def test_spoken_question_gets_a_spoken_reply_in_a_valid_event_order(assist
     timings = done.timings_ms
     assert {"eos_to_endpoint_ms", "eos_to_first_audio_ms", "endpoint_to_first_audio_ms"} <= set(timings)
     assert timings["preemptive"] == 1.0  # the reply prepared during the silence was the one played
+    check_stages(timings)
+    # Incremental prefill cached (most of) the conversation while the user spoke: the reply prefilled less than
+    # its whole prompt, and at least the turn's end and the assistant header.
+    tokenizer, system = conv.session.tokenizer, conv.session.history[0]["content"]
+    prompt = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{finals[0].text}<|im_end|>\n"
+              "<|im_start|>assistant\n")  # fmt: skip
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert 5 <= timings["prefill_tokens_before_first_token"] < prompt_tokens - 16
     history = conv.session.history
     assert [m["role"] for m in history] == ["system", "user", "assistant"]
     assert history[1]["content"] == finals[0].text

@@ -63,6 +63,11 @@ def test_segmenter_first_piece_is_short_and_nothing_is_lost():
     first = [p for tok in ["The", " weather", " in", " Bos", "ton", " today", " is"] for p in seg.push(tok)]
     assert first == ["The weather in"], first
     assert Segmenter().push("**Hello** there, `friend` ") == ["Hello there,"]
+    # A clause handed over at once (a speculative step accepts many tokens): the first piece is still short.
+    assert Segmenter().push("Set a timer for 20 minutes, please. ") == [
+        "Set a timer",
+        "for 20 minutes, please.",
+    ]
 
 
 def test_words_heard_maps_played_audio_to_text():

@@ -15,7 +15,7 @@ from conv_helpers import Driver, check_event_order, silence, words
 from app.config import ConversationConfig
 from app.server.realtime_schema import SessionSettings, parse_session_update
 from app.turn_state import TRANSITIONS, IllegalTransition, TurnState, Utterance
-from asr.endpointing import SHORT_MS, FusionParams, Logistic, Thresholds, decide, load_params
+from asr.endpointing import SHORT_MS, FusionParams, Logistic, Thresholds, decide, ends_sentence, load_params
 from asr.smart_turn import log_mel, mel_filters
 
 
@@ -42,6 +42,14 @@ def test_fused_rule_turns_signals_into_a_wait() -> None:
     assert decide(None, None, **kw).reason == "timer"  # nothing ready: the plain timer
     assert decide(0.01, 1e-4, hangover_ms=500, max_silence_ms=200, params=params).wait_ms == 200  # cap
     assert decide(0.99, 0.9, endpointing="fixed", **kw).wait_ms == 500
+    # Whisper's closing punctuation rides with the text signal: it raises P(finished), never alone
+    marked = FusionParams(*[Logistic(0.0, 1.0, 1.0, w_final=2.0)] * 3, params.thresholds)
+    kw_marked = {**kw, "params": marked}
+    unmarked = decide(0.5, 0.5, text_final=False, **kw_marked)
+    assert decide(0.5, 0.5, text_final=True, **kw_marked).wait_ms < unmarked.wait_ms
+    assert decide(0.5, None, text_final=True, **kw_marked).wait_ms == decide(0.5, None, **kw_marked).wait_ms
+    assert ends_sentence("What is the capital of France? ") and ends_sentence("Well…")
+    assert not ends_sentence("My order number is,") and not ends_sentence("My order number is")
     fitted = load_params()  # the shipped fit: a finished question outranks a cut one on both signals
     assert fitted.both.probability(0.9, 0.5) > fitted.both.probability(0.3, 0.001)
     for eagerness in ("low", "medium", "high", "auto"):

@@ -29,7 +29,9 @@ def test_impossible_requests_say_why():
         select_backend("cpu", "int3")
     with pytest.raises(BackendUnavailable, match="unknown device"):
         select_backend("tpu:0", "auto")
-    assert issubclass(BackendUnavailable, ConfigError)  # the CLI prints it as one line, exit code 2
+    from app.cli import user_errors
+
+    assert issubclass(BackendUnavailable, user_errors())  # the CLI prints it as one line, exit code 2
 
 
 class FakeGPU:

@@ -160,6 +160,7 @@ def test_int4_and_q8_head_run_a_batch_of_decode_rows_packed(llm_model_dir):
     """In a batched forward (`packed_rows_limit` set) up to that many rows go through the packed int4
     kernels — each row as it would alone — and more rows through the bf16 weights."""
     from llm.quant import (
+        PACKED_MAX_ROWS,
         Int4Linear,
         Q8Linear,
         dequantize_q4_1,
@@ -179,13 +180,15 @@ def test_int4_and_q8_head_run_a_batch_of_decode_rows_packed(llm_model_dir):
     gen = torch.Generator().manual_seed(1)
     for layer in (Int4Linear(q, d, m, dense), Q8Linear(codes8, d8, head_dense)):
         x = torch.randn(1, 9, layer.in_features, generator=gen).to(torch.bfloat16)
-        alone = torch.cat([layer(x[:, i : i + 1]) for i in range(4)], dim=1)  # 1 row: packed
+        n = PACKED_MAX_ROWS + 1  # more rows than a single session's forward runs packed (<= 8)
+        alone = torch.cat([layer(x[:, i : i + 1]) for i in range(n)], dim=1)  # 1 row: packed
         token = packed_rows_limit.set(8)
         try:
-            together = layer(x[:, :4])
+            together = layer(x[:, :n])
             wide = layer(x)
         finally:
             packed_rows_limit.reset(token)
         torch.testing.assert_close(together, alone, rtol=1e-3, atol=1e-3)
-        assert not torch.equal(layer(x[:, :4]), together)  # outside a batch, 4 rows run the bf16 weights
+        assert not torch.equal(layer(x[:, :n]), together)  # outside a batch, n rows run the bf16 weights
+        torch.testing.assert_close(layer(x[:, : n - 1]), alone[:, : n - 1], rtol=1e-3, atol=1e-3)  # packed
         torch.testing.assert_close(wide, layer(x))  # past the limit: the bf16 weights, as without it

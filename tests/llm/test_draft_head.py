@@ -54,7 +54,7 @@ def test_greedy_with_head_equals_plain_decoding(tiny):
     for trial in range(6):
         prompt = torch.randint(0, VOCAB, (5 + trial,), generator=g).tolist()
         plain, _ = generate_ids(target, prompt, 40)
-        drafter = HeadDrafter(head, target, 128)
+        drafter = HeadDrafter(head, target, 128, stop_below=0.0)
         spec, steps = generate_ids(target, prompt, 40, drafter=drafter, k=AdaptiveK(1, 6))
         assert spec == plain
         drafted += sum(s.drafted for s in steps)
@@ -65,7 +65,7 @@ def test_greedy_with_head_equals_plain_decoding(tiny):
 @pytest.mark.usefixtures("one_thread")
 def test_draft_q_is_a_full_vocabulary_distribution_zero_outside_the_draft_vocabulary(tiny):
     target, head = tiny
-    drafter = HeadDrafter(head, target, 64)
+    drafter = HeadDrafter(head, target, 64, stop_below=0.0)
     context = [1, 5, 2, 7, 3]
     cache = target.new_cache(64)
     _, hidden = target(torch.tensor(context[:-1]), cache, 0, return_hidden=True)
@@ -79,17 +79,56 @@ def test_draft_q_is_a_full_vocabulary_distribution_zero_outside_the_draft_vocabu
     assert all(int(t) in head.draft_vocab.tolist() for t in draft.tokens)
 
 
+def _observed_drafter(target, head, context, **policy) -> tuple[HeadDrafter, object]:
+    """A drafter (and the target's cache) that has seen the target's states for context[:-1]."""
+    cache, drafter = target.new_cache(64), HeadDrafter(head, target, 64, **policy)
+    _, hidden = target(torch.tensor(context[:-1]), cache, 0, return_hidden=True)
+    drafter.observe(0, context[:-1], hidden)
+    return drafter, cache
+
+
+def _chain_lengths(drafter, context, params, draws: int = 200, k: int = 2) -> list[int]:
+    g = torch.Generator().manual_seed(11)
+    return [len(drafter.propose(context, k, params, g).tokens) for _ in range(draws)]
+
+
 @pytest.mark.usefixtures("one_thread")
-def test_sampling_with_head_keeps_the_target_law(tiny):
+def test_confidence_stop_shortens_chains_monotonically(tiny):
+    """The chain stops once the head's running confidence falls below `stop_below`: none drafted at a
+    threshold no confidence reaches, all k at 0, and never longer at a higher threshold."""
+    target, head = tiny
+    context, greedy = [1, 5, 2, 7, 3], SamplingParams()
+    lengths = []
+    for stop in (0.0, 0.2, 0.4, 0.6, 0.8, 1.01):
+        drafter, _ = _observed_drafter(target, head, context, stop_below=stop, max_draft=6)
+        lengths.append(len(drafter.propose(context, 6, greedy).tokens))
+    assert lengths[0] == 6 and lengths[-1] == 0
+    assert lengths == sorted(lengths, reverse=True), lengths
+    drafter, _ = _observed_drafter(target, head, context, stop_below=0.0, max_draft=3)
+    assert len(drafter.propose(context, 6, greedy).tokens) == 3  # max_draft caps k
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("stopping", [False, True])
+def test_sampling_with_head_keeps_the_target_law(tiny, stopping):
     """3 000 speculative replies from one prefix: the first two tokens follow the target's joint law
     (chi-square, significance 1e-4). The head's q has zeros outside its vocabulary, so a lossy rule that
-    trusted q would never emit tokens 1, 4, 7 from a draft and would fail this."""
+    trusted q would never emit tokens 1, 4, 7 from a draft and would fail this. With `stopping`, the
+    confidence threshold is set so that whether a second token is drafted depends on the first one drawn
+    (both chain lengths occur): the law must still be the target's."""
     target, head = tiny
     params = SamplingParams(temperature=1.0)
     context = [1, 5, 2, 7, 3]
-    cache, drafter, g = target.new_cache(64), HeadDrafter(head, target, 64), torch.Generator().manual_seed(3)
-    _, hidden = target(torch.tensor(context[:-1]), cache, 0, return_hidden=True)
-    drafter.observe(0, context[:-1], hidden)
+    stop = 0.0
+    if stopping:  # the threshold at which both one- and two-token chains are proposed
+        for stop in (x / 40 for x in range(1, 40)):
+            drafter, _ = _observed_drafter(target, head, context, stop_below=stop)
+            lengths = set(_chain_lengths(drafter, context, params))
+            if lengths == {1, 2}:
+                break
+        assert lengths == {1, 2}, "no threshold gives a data-dependent chain length for this head"
+    drafter, cache = _observed_drafter(target, head, context, stop_below=stop)
+    g = torch.Generator().manual_seed(3)
     draws = 3_000
     chi2, critical, accepted, rare = two_token_chi2(target, cache, context, drafter, params, g, draws, VOCAB)
     assert accepted > 0
@@ -156,11 +195,29 @@ def test_training_prompts_are_disjoint_from_bench_and_test_prompts():
     assert not clashes, f"draft-head training prompts overlap bench/test prompts: {clashes[:5]}"
 
 
+def test_development_prompts_are_disjoint_from_training_bench_and_test_prompts():
+    """The head's chain policy is chosen on scripts/draft_head_prompts.DEV_PROMPTS: they must be new to the
+    head (not trained on) and apart from what `bench llm` and the tests score it on."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from draft_head_prompts import DEV_PROMPTS
+
+    meta = json.loads(METADATA.read_text())
+    used = {_normalise(p) for p in meta["train_prompts"] + meta["held_out_prompts"]} | _bench_and_test_prompts()
+    assert len(DEV_PROMPTS) >= 20
+    clashes = [p for p in DEV_PROMPTS if _normalise(p) in used
+               or any(len(f.split()) >= 4 and (f in _normalise(p) or _normalise(p) in f) for f in used)]  # fmt: skip
+    assert not clashes, f"development prompts overlap training/bench/test prompts: {clashes[:5]}"
+
+
 # -- training is what makes it work ---------------------------------------------------------------------
 def acceptance(engine: Engine, prompts: list[str], max_tokens: int = 32) -> float:
+    """Accepted / drafted over full chains (no confidence stop: an untrained head would never draft)."""
     drafted = accepted = 0
     for prompt in prompts:
         session = Session(engine, system_prompt=SYSTEM, max_context=512)
+        session.drafter.stop_below = 0.0
         session.add_turn(prompt)
         for _ in session.generate(max_tokens=max_tokens):
             pass

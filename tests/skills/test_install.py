@@ -24,3 +24,8 @@ def test_enabled_skills_register_their_tools_once(tmp_path):
     assert found.output["item"] == "noise-cancelling headphones"  # the sample table, created on first use
     assert asyncio.run(holder.tools.call("lookup_order", {"order_number": 7})).output["found"] is False
     assert (tmp_path / "events.db").exists()
+    # the skills' examples and the names in their data come along, for the prompt and the speech recogniser
+    assert set(holder.tools.examples) >= {"add_guest", "lookup_order"}
+    asyncio.run(holder.tools.call("add_guest", {"name": "Maria", "event": "Saturday's party"}))
+    hints = holder.tools.speech_prompt()
+    assert hints.endswith("Saturday's party, Maria.") and "Has order 1234 shipped yet?" in hints

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from app.bench_tools_score import (
+from bench.tools_score import (
     Command,
     calibrate_threshold,
     check_argument,
@@ -52,7 +52,7 @@ def test_threshold_calibration_separates_what_it_can():
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
                     reason="espeak-ng and flite (scripts/system-deps.sh)")  # fmt: skip
 def test_smoke_run_on_two_spoken_commands(assistant):
-    from app.bench_tools import run_bench
+    from bench.tools import run_bench
 
     scenarios, _ = load_commands()
     question = Command("dev", 0, "events", "What is the capital of France?", None)

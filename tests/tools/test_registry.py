@@ -108,3 +108,26 @@ def test_functions_that_cannot_be_tools():
 
         @tools.register
         def f(x: dict) -> None: ...
+
+
+def test_examples_and_speech_hints_follow_the_data_and_survive_a_merge():
+    """The tool author's examples and the names its data holds prime the speech recogniser: every tool's first
+    example before any second one, names last (a recogniser keeps a long prompt's end), names read again
+    each time; a failing names source is skipped."""
+    tools, _ = build()
+    assert tools.speech_prompt() is None
+    tools.add_examples({"add_guest": [("Add Olivia to the brunch.", {"event": "brunch", "name": "Olivia"}),
+                                      ("Invite Henry.", {"event": "party", "name": "Henry"})],
+                        "lookup": [("Where is order 12?", {"order_id": 12})]})  # fmt: skip
+    with pytest.raises(ToolError):
+        tools.add_examples({"nope": [("x", {})]})
+    guests = ["Maria"]
+    tools.add_speech_hints(words=lambda: guests)
+    tools.add_speech_hints(words=lambda: 1 / 0)
+    prompt = tools.speech_prompt()
+    assert prompt == "Add Olivia to the brunch. Where is order 12? Invite Henry. Maria."
+    guests.append("Sam")
+    merged = ToolRegistry().merged(tools)
+    assert merged.speech_prompt().endswith("Maria, Sam.") and merged.examples == tools.examples
+    short = tools.speech_prompt(max_chars=40)
+    assert short.endswith("Maria, Sam.") and "Invite Henry" not in short and len(short) <= 40

@@ -107,3 +107,31 @@ def test_utterance_spans_and_numbers():
     assert utterance_numbers("order 4,172 from six to 10") == [4172, 10, 6]
     spans = copy_spans(TOOLS, "Add Tom to the picnic")[0].parameters["properties"]
     assert "Tom" in spans["name"]["enum"] and spans["dietary"] == TOOLS[0].parameters["properties"]["dietary"]
+
+
+def test_spans_offer_the_owner_of_a_possessive():
+    spans = utterance_spans("Write a toast for Emma's thirtieth birthday.")
+    assert "Emma" in spans and "Emma's" in spans and "Emma's thirtieth birthday" in spans
+    assert "Emma’s" not in spans and "Anna and Peter" in utterance_spans("for Anna and Peter’s wedding")
+
+
+def test_channel_scores_from_kept_prefixes_equal_a_full_forward(tool_session):
+    """The tools' channel contexts are prefilled once and reused: the score must be what one forward over
+    context + utterance gives, on the first call, on a reuse, and after another utterance wrote its slots."""
+    model, tokenizer = tool_session.model, tool_session.tokenizer
+    examples = {"add_guest": [("Add Olivia to the brunch.", {})]}
+
+    def full(tool: ToolSpec, said_text: str) -> float:
+        shots = "".join(f'\nA request of this kind: "{t}"' for t, _ in examples.get(tool.name, []))
+        context = tokenizer(tool.description + shots + "\nA request of this kind:", add_special_tokens=False)
+        said = tokenizer(" " + said_text + '"', add_special_tokens=False)["input_ids"]
+        ids = context["input_ids"] + said
+        with torch.no_grad():
+            logits = model(torch.tensor(ids[:-1]), model.new_cache(len(ids)), 0)
+        logp = torch.log_softmax(logits[len(context["input_ids"]) - 1 :].float(), dim=-1)
+        return float(logp[torch.arange(len(said)), torch.tensor(said)].sum())
+
+    for said in ("Add Tom to the picnic, he is vegan.", "Plan it from seven to eleven.",
+                 "Add Tom to the picnic, he is vegan."):  # fmt: skip
+        got = channel_scores(tool_session, TOOLS, said, examples)
+        assert got == pytest.approx([full(t, said) for t in TOOLS], abs=0.05)

@@ -57,6 +57,14 @@ def test_client_reports_bad_input_in_one_line(tmp_path, capsys):
     assert len(lines) == 2 and all(line.startswith("specvoice: error:") for line in lines), lines
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT as a terminal gives it. An ignored or blocked SIGINT is inherited across exec,
+    and after ~300 tests the pytest process may carry one (the client then never sees Ctrl-C: its stdout
+    and stderr stayed empty in two full runs while it passed alone)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_client_mic_mode_over_pulseaudio_then_ctrl_c(threaded_server, pulse_server):
     """`specvoice client --mic` in its own process: hears the virtual microphone, prints the exchange, and
     stops cleanly on SIGINT (no traceback, exit 0)."""
@@ -64,6 +72,7 @@ def test_client_mic_mode_over_pulseaudio_then_ctrl_c(threaded_server, pulse_serv
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "client", url, "--mic"],
         env=pulse_server.env,
+        preexec_fn=_interruptible,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -78,7 +87,14 @@ def test_client_mic_mode_over_pulseaudio_then_ctrl_c(threaded_server, pulse_serv
             if line.startswith("assistant:"):
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(
+                f"no exit within 60 s of SIGINT; stdout {out[-2000:]!r}, stderr {err[-4000:]!r}"
+            ) from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -235,3 +235,48 @@ async def test_per_response_tools_apply_to_that_response_only(server):
         await ws.send(json.dumps({"type": "response.create", "response": {"tool_choice": "required"}}))
         (call,) = (await _until(ws, "response.done"))["response"]["output"]
         assert call["name"] == "get_time"  # the session's tools are back
+
+
+async def _text_reply(ws, text: str, response: dict | None = None) -> str:
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+    await ws.send(json.dumps({"type": "response.create", "response": response or {}}))
+    done = await _until(ws, "response.done")
+    assert done["response"]["status"] == "completed", done
+    (message,) = done["response"]["output"]
+    return "".join(part.get("text") or part.get("transcript") or "" for part in message["content"])
+
+
+async def test_response_instructions_apply_to_that_response_only_and_late_session_instructions_apply(server):
+    """response.create's `instructions` shape that reply exactly as session instructions would (greedy: the
+    same words), and the session's prompt is back once it is done; a session.update of the instructions
+    after the conversation has started keeps the history and changes the prompt."""
+    pirate = "You are a pirate. Always talk like a pirate, with plenty of arrr."
+    question = "Tell me about the sea."
+    url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+    async with connect(url) as plain, connect(url) as instructed, connect(url) as overridden:
+        ids = {}
+        for name, ws in (("plain", plain), ("instructed", instructed), ("overridden", overridden)):
+            ids[name] = (await _until(ws, "session.created"))["session"]["id"]
+            session = {"output_modalities": ["text"]} | ({"instructions": pirate} if ws is instructed else {})
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+            await _until(ws, "session.updated")
+        live = {name: next(s for s in server.sessions if getattr(s, "session_id", None) == sid)
+                for name, sid in ids.items()}  # fmt: skip
+
+        def prompt(name: str) -> str:
+            return live[name].conv.session.history[0]["content"]
+
+        default_reply = await _text_reply(plain, question)
+        pirate_reply = await _text_reply(instructed, question)
+        assert pirate_reply != default_reply  # the instructions matter to this model, or the test says nothing
+        assert await _text_reply(overridden, question, {"instructions": pirate}) == pirate_reply
+        assert prompt("overridden") == prompt("plain") != prompt("instructed")  # the session's prompt is back
+        history = live["overridden"].conv.session.history
+        assert [m["content"] for m in history[1:]] == [question, pirate_reply]
+
+        await overridden.send(json.dumps({"type": "session.update", "session": {"instructions": pirate}}))
+        updated = await _until(overridden, "session.updated")
+        assert updated["session"]["instructions"] == pirate
+        assert prompt("overridden") == prompt("instructed")
+        assert [m["content"] for m in live["overridden"].conv.session.history[1:]] == [question, pirate_reply]

@@ -31,32 +31,42 @@ async def test_a_call_gets_a_mulaw_reply_with_marks_and_a_clear_on_barge_in(serv
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (scripts/system-deps.sh)")
-async def test_a_spoken_transfer_request_plays_the_reply_then_marks_the_transfer_and_stops(assistant, caplog):
-    """[skills] call_center: "please transfer me to a human" (espeak-ng, not the assistant's voice) ends in
-    the `specvoice:transfer_call` mark after the reply's audio, its echo, and a clean close (1000). The
-    TwiML's tool_choice forces the call: the 135M default's own call decision is unreliable (docs/tools.md)."""
+@pytest.mark.parametrize(
+    "said, action_name, logged",
+    [
+        ("Please transfer me to a human.", "transfer_call", "reason"),
+        ("Thanks, that answers my question. Goodbye.", "end_call", "summary"),
+    ],
+)
+async def test_a_spoken_call_action_plays_the_reply_then_marks_the_action_and_stops(
+    assistant, caplog, said, action_name, logged
+):
+    """[skills] call_center: "please transfer me to a human" / "goodbye" (espeak-ng, not the assistant's
+    voice) ends in the `specvoice:<action>` mark after the reply's audio, its echo, and a clean close (1000)
+    with the reason / summary logged. The TwiML's tool_choice forces the call: the 135M default's own call
+    decision is unreliable (docs/tools.md)."""
     from app.audio import resample, to_int16
-    from app.bench_voice_questions import synthesize
     from app.server import Server
+    from bench.voice_questions import synthesize
 
     config = make_config()
     config.skills.call_center = True
     speech = to_int16(
-        resample(synthesize("Please transfer me to a human.", "espeak-ng", "en-us", 150), 16000, 8000)
+        resample(synthesize(said, "espeak-ng", "en-us", 150), 16000, 8000)
     )
     pad = np.zeros(4000, np.int16)
     caplog.set_level(logging.INFO, logger="app.server.twilio")
     async with Server(assistant, config) as server:
         url = f"ws://127.0.0.1:{server.port}/twilio"
-        async with TwilioSimulator(url, custom_parameters={"tool_choice": "transfer_call"}) as call:
+        async with TwilioSimulator(url, custom_parameters={"tool_choice": action_name}) as call:
             await call.send_audio(np.concatenate([pad, speech, pad]))
             await call.send_silence_until(call.closed.is_set, timeout=180)  # the server ends the stream
     kinds = [(e["event"], e.get("mark", {}).get("name")) for e in call.events]
-    action = ("mark", "specvoice:transfer_call")
+    action = ("mark", f"specvoice:{action_name}")
     assert action in kinds, kinds
     assert any(k == "media" for k, _ in kinds[: kinds.index(action)]), "the reply is spoken before the mark"
     assert all(k != "media" for k, _ in kinds[kinds.index(action) :]), "nothing is said after the mark"
-    assert "specvoice:transfer_call" in call.marks_echoed
-    assert (call.close_code, call.close_reason) == (1000, "transfer_call")
-    assert any("transfer_call, reason:" in r.getMessage() for r in caplog.records)
+    assert f"specvoice:{action_name}" in call.marks_echoed
+    assert (call.close_code, call.close_reason) == (1000, action_name)
+    assert any(f"{action_name}, {logged}:" in r.getMessage() for r in caplog.records)
     assert len(call.played_audio) == len(call.received_audio), "the whole reply was played before the stop"

@@ -5,7 +5,7 @@ So the questions are spoken by other engines from the system's packages: espeak-
 and flite (slt, kal). A paused question is two halves synthesised separately and joined by a pause of
 room tone (low-level noise, never digital zero: a VAD or a turn model sees a real recording's floor, not
 a gap), its length drawn from 300-1200 ms. `snr_db` adds noise at that signal-to-noise ratio to the whole
-clip. The texts are in bench_data/voice_questions.txt; everything is seeded, so a run is reproducible.
+clip. The texts are in bench/data/voice_questions.txt; everything is seeded, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 RATE = 16000
-QUESTIONS_FILE = Path(__file__).resolve().parent / "bench_data" / "voice_questions.txt"
+QUESTIONS_FILE = Path(__file__).resolve().parent / "data" / "voice_questions.txt"
 # (engine, voice, words per minute); none of them is Piper. flite rms/awb are left to the training set of
 # the turn-taking rule, so bench and training never share a voice.
 VOICES = [

@@ -1,4 +1,4 @@
-"""One question through one system, timed as the user would feel it (used by app/bench_voice.py).
+"""One question through one system, timed as the user would feel it (used by bench/voice.py).
 
 Three ways in:
 * `stream_direct`: 20 ms frames pushed in real time (wall-clock paced) into a fresh `Conversation`;
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bench_voice_questions import RATE, SpokenQuestion
+from bench.voice_questions import RATE, SpokenQuestion
 
 CHUNK_MS = 20
 FALSE_ENDPOINT_MARGIN_MS = 300  # an endpoint this far before the real end of speech closed the turn early
@@ -231,6 +231,8 @@ async def stream_realtime(server: Any, q: SpokenQuestion, wait_s: float, rate: i
         try:
             await pace(q, obs, send, rate, wait_s)
             conv = _server_conversation(server) or conv
+            # The heard reply's stages, read in-process (the Realtime protocol has no metrics event).
+            stages = conv.reply_timings() if conv is not None and hasattr(conv, "reply_timings") else {}
             wasted = await settled_waste(conv) if conv is not None else None
             effective = _turn_settings(conv.config) if conv is not None else {}
             endpoints = _endpoints(conv) if conv is not None else []
@@ -242,6 +244,8 @@ async def stream_realtime(server: Any, q: SpokenQuestion, wait_s: float, rate: i
     await wait_for_sessions_to_end(server)  # the next question starts on a server with nothing else open
     out = obs.outcome(wasted)
     out.effective, out.endpoints = effective, endpoints
+    if out.eos_to_audio_ms is not None:
+        out.stages = stages
     return out
 
 
@@ -332,7 +336,15 @@ def sequential(seq: _SequentialAssistant, q: SpokenQuestion, hangover_ms: float,
         out.eos_to_audio_ms = round(1000 * (heard - eos_s), 1)
         out.endpoint_to_audio_ms = round(1000 * (heard - endpoint / RATE), 1)
         out.eos_to_endpoint_ms = round(1000 * (endpoint / RATE - eos_s), 1)
-        out.stages = {"eos_to_endpoint_ms": round(1000 * (endpoint / RATE - eos_s), 1), **result.timings_ms}
+        waited = round(1000 * (endpoint / RATE - eos_s), 1)
+        t = result.timings_ms
+        out.stages = {  # the same stage names as a Conversation's replies (bench/voice_report.py STAGES)
+            "eos_to_endpoint_ms": waited,
+            "eos_to_transcript_ms": round(waited + t["asr"], 1),
+            "eos_to_first_token_ms": round(waited + t["asr"] + t["llm_first_token"], 1),
+            "eos_to_first_audio_ms": out.eos_to_audio_ms,
+            **t,
+        }
         break
     out.transcript = " ".join(transcripts)
     return out

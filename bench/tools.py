@@ -1,10 +1,12 @@
 """`specvoice bench tools`: spoken commands -> Whisper -> the model's call decision -> a constrained call.
 
-Commands (app/bench_data/tool_commands.json: a `dev` set and a separate `test` set, >= 30) use the
+Commands (bench/data/tool_commands.json: a `dev` set and a separate `test` set, >= 30) use the
 event-planning skill (app/skills/events.py) or the support-bot tools (order lookup, transfer_call,
 end_call); some are plain questions where the right reply is *not* a call. Each is spoken by an espeak-ng or
 flite voice (never the assistant's Piper voice), transcribed by the real Whisper of the profile, and answered
-by the real model of the profile with the scenario's tools in its system prompt:
+by the real model of the profile with the scenario's tools in its system prompt (settings ending in `_hints`
+use the transcript made with the tools' speech prompt, `ToolRegistry.speech_prompt`: each clip is
+transcribed both ways, so the rows compare the same audio):
 
 * decision: P(the reply starts with `<tool_call>`) against a threshold calibrated on the dev set;
 * call: written under the schema mask (always well-formed; the tool and every value are the model's);
@@ -29,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from app.bench_tools_score import Command, calibrate_threshold, failed_arguments, load_commands, summarize
-from app.bench_voice import load_average
+from bench.tools_score import Command, calibrate_threshold, failed_arguments, load_commands, summarize
+from bench.voice import load_average
 
 SETTINGS: dict[str, dict[str, Any]] = {
     # the format before this bench (listing, greedy name, free strings): the baseline
@@ -64,17 +66,23 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "listing_channel_spans": {"examples": False, "name_choice": "channel", "spans": True, "prior": False},
     "examples_channel_spans": {"examples": True, "name_choice": "channel", "spans": True, "prior": False},
+    # + the speech recogniser primed with the tools' examples and the names in their data (speech_prompt)
+    "examples_spans_hints": {"examples": True, "name_choice": "greedy", "spans": True, "prior": False,
+                             "asr_hints": True},
+    "examples_channel_spans_hints": {"examples": True, "name_choice": "channel", "spans": True, "prior": False,
+                                     "asr_hints": True},
 }
 # The default run: the baseline and the two best on dev in the comparison runs of all SETTINGS (docs/tools.md).
-DEFAULT_RUN = ["listing", "examples_spans", "examples_channel_spans"]
+DEFAULT_RUN = ["listing", "examples_channel_spans", "examples_channel_spans_hints"]
 ANSWER_EXAMPLES = [("What is two plus two?", "Four.")]  # a turn that needs no tool, in the examples prompt
 CONTENT_FREE = ("N/A", "Okay.")  # user turns that say nothing: the tool-name prior (contextual calibration)
 BASELINE = "listing"
+HINTED = "+hints"  # clip key suffix: transcribed with the tools' speech prompt (ToolRegistry.speech_prompt)
 PAD_S = 0.3  # silence around each clip, as a microphone's endpointed segment would have
 SEED_EVENTS = {  # the benchmark's throwaway database: events and pending guests the commands refer to
     "Saturday's party": ["Sarah", "Maria"], "picnic": ["Emma", "David", "James", "Tom"],
-    "wedding": ["Anna", "Tom", "John"], "barbecue": ["Peter", "Lisa", "Sam"], "office party": ["David", "Kate"],
-    "Friday's dinner": ["Lisa"],
+    "wedding": ["Anna", "Tom", "John", "Sarah"], "barbecue": ["Peter", "Lisa", "Sam"], "office party": ["David", "Kate"],
+    "Friday's dinner": ["Lisa", "Maria"],
 }  # fmt: skip
 
 
@@ -86,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the best on dev")  # fmt: skip
     parser.add_argument("--limit", type=int, help="only the first N commands of each split (a smoke run)")
     parser.add_argument(
-        "--commands", help="another commands file (same format as bench_data/tool_commands.json)"
+        "--commands", help="another commands file (same format as bench/data/tool_commands.json)"
     )
     parser.add_argument("--answer-tokens", type=int, default=24, help="answer length cap after a tool result")
     parser.add_argument("--no-text", action="store_true",
@@ -107,10 +115,8 @@ def scenario_tools(workdir: Path) -> dict[str, tuple[Any, dict[str, list]]]:
     support = ToolRegistry()
     orders.register_order_tools(support, orders.OrderStore(workdir / "orders.db"))
     call_center.register_call_center_tools(support, call_center.CallActions())
-    return {
-        "events": (events.register_event_tools(ToolRegistry(), store), events.EXAMPLES),
-        "support": (support, orders.EXAMPLES | call_center.EXAMPLES),
-    }
+    registries = {"events": events.register_event_tools(ToolRegistry(), store), "support": support}
+    return {name: (registry, registry.examples) for name, registry in registries.items()}
 
 
 def system_prompt(
@@ -123,9 +129,11 @@ def system_prompt(
 
 
 # -- audio ------------------------------------------------------------------------------------------------
-def speak_and_transcribe(commands: list[Command], transcriber: Any, log) -> dict[str, dict[str, Any]]:
-    """Every command spoken by a non-assistant voice (cycled) and transcribed once: {key: clip info}."""
-    from app.bench_voice_questions import RATE, VOICES, check_engines, synthesize
+def speak_and_transcribe(commands: list[Command], transcriber: Any, log,
+                         hints: dict[str, str | None] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every command spoken by a non-assistant voice (cycled) and transcribed: {key: clip info}; with
+    `hints` (per scenario, the tools' `speech_prompt`) also transcribed with it: {key + HINTED: ...}."""
+    from bench.voice_questions import RATE, VOICES, check_engines, synthesize
 
     check_engines()
     clips = {}
@@ -133,12 +141,14 @@ def speak_and_transcribe(commands: list[Command], transcriber: Any, log) -> dict
         engine, voice, wpm = VOICES[i % len(VOICES)]
         pad = np.zeros(int(PAD_S * RATE), np.float32)
         audio = np.concatenate([pad, synthesize(command.text, engine, voice, wpm), pad])
-        started = time.perf_counter()
-        text = transcriber.transcribe(audio).text
-        asr_ms = 1000.0 * (time.perf_counter() - started)
-        clips[command.key] = {"voice": f"{engine}:{voice}", "transcript": text, "asr_ms": round(asr_ms, 1),
-                              "speech_s": round(len(audio) / RATE, 2)}  # fmt: skip
-        log(f"    {command.key} [{engine}:{voice}] {text!r}")
+        prompts = {"": None} | ({HINTED: hints.get(command.scenario)} if hints else {})
+        for suffix, prompt in prompts.items():
+            started = time.perf_counter()
+            text = transcriber.transcribe(audio, prompt=prompt).text
+            asr_ms = 1000.0 * (time.perf_counter() - started)
+            clips[command.key + suffix] = {"voice": f"{engine}:{voice}", "transcript": text,
+                                           "asr_ms": round(asr_ms, 1), "speech_s": round(len(audio) / RATE, 2)}  # fmt: skip
+            log(f"    {command.key}{suffix} [{engine}:{voice}] {text!r}")
     return clips
 
 
@@ -231,7 +241,8 @@ def run_setting(llm: Any, tokenizer: Any, scenarios: dict[str, str], tools: dict
     trials = []
     for command in commands:
         registry = tools[command.scenario][0]
-        trial = run_command(llm, prompts[command.scenario], registry, setting, command, clips[command.key],
+        clip = clips[command.key + HINTED] if setting.get("asr_hints") else clips[command.key]
+        trial = run_command(llm, prompts[command.scenario], registry, setting, command, clip,
                             voice, answer_tokens, priors[command.scenario], tools[command.scenario][1])  # fmt: skip
         trials.append(trial)
         verdict = ("answer" if command.tool is None else
@@ -250,7 +261,10 @@ def run_bench(assistant: Any, settings: list[str], splits: dict[str, list[Comman
         tools = scenario_tools(Path(tmp))
         commands = splits["dev"] + (splits["test"] if which != "dev" else [])
         log(f"  speaking and transcribing {len(commands)} commands")
-        clips = speak_and_transcribe(commands, assistant.transcriber, log)
+        hints = {name: registry.speech_prompt() for name, (registry, _) in tools.items()}
+        if not any(SETTINGS[n].get("asr_hints") for n in settings):
+            hints = None
+        clips = speak_and_transcribe(commands, assistant.transcriber, log, hints)
         if warm_up:  # first calls (allocations, caches) are not what a user meets: one unmeasured
             run_setting(llm, tokenizer, scenarios, tools, settings[0], splits["dev"][:1], clips, assistant.voice,
                         answer_tokens, lambda *_: None)  # fmt: skip
@@ -276,7 +290,8 @@ def run_bench(assistant: Any, settings: list[str], splits: dict[str, list[Comman
             if text_too:  # diagnostic: the same commands as written, no ASR: how much the ears cost
                 log(f"  [test, written text instead of speech: {best}]")
                 written = {
-                    c.key: {**clips[c.key], "transcript": c.text, "asr_ms": 0.0} for c in splits["test"]
+                    c.key + suffix: {**clips[c.key], "transcript": c.text, "asr_ms": 0.0}
+                    for c in splits["test"] for suffix in ("", HINTED)
                 }
                 trials = run_setting(llm, tokenizer, scenarios, tools, best, splits["test"], written, None,
                                      answer_tokens, log)  # fmt: skip
@@ -284,7 +299,7 @@ def run_bench(assistant: Any, settings: list[str], splits: dict[str, list[Comman
                 report["test_written"] = {best: {"summary": summarize(trials, threshold), "trials": trials}}
     report["load_average"]["end"] = load_average()
     report["settings"] = {"settings": {n: SETTINGS[n] for n in settings}, "answer_tokens": answer_tokens,
-                          "voices": sorted({c["voice"] for c in clips.values()}),
+                          "voices": sorted({c["voice"] for c in clips.values()}), "speech_prompts": hints,
                           "commands": {k: len(v) for k, v in splits.items()},
                           "clock": "from the end of the speech clip: ASR of the whole clip (measured), then the "
                                    "decision, the call, the tool, the answer's first phrase and its first audio; "
@@ -328,7 +343,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace, config: Any) -> int:
     from app.assistant import Assistant
-    from app.bench_voice_questions import VoiceUnavailable
+    from bench.voice_questions import VoiceUnavailable
 
     settings = args.settings.split(",") if args.settings else DEFAULT_RUN
     unknown = [s for s in settings if s not in SETTINGS]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from llm.bench_gpu_report import bench_speculative, print_report
-from llm.gpu_timing import (
+from bench.gpu_report import bench_speculative, print_report
+from bench.gpu_timing import (
     DRAFT_ONLY,
     PAIRS,
     SHAPES,
@@ -211,10 +211,10 @@ def bench_fp8_conversion(run: _Run, name: str) -> dict:
 
 def bench_kernels(run: _Run) -> list[dict]:
     """Our Triton kernels vs their torch references at the target's shapes: time and max error."""
+    from bench.gpu_timing import time_graphed
     from kernels.attention import verify_attention_reference, verify_attention_triton
     from kernels.fp8_ops import quantize_weight
     from kernels.rmsnorm_fp8 import rmsnorm_fp8_linear_reference, rmsnorm_fp8_linear_triton
-    from llm.gpu_timing import time_graphed
 
     a = run.shapes["tiny-target" if run.smoke else "qwen2.5-7b"]
     dev, rows = run.device, []
@@ -355,8 +355,8 @@ def run(args: argparse.Namespace, config=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m llm.bench_gpu` — the same bench without the CLI (and so without app.config/tomllib)."""
-    parser = argparse.ArgumentParser(prog="python -m llm.bench_gpu", description=__doc__.splitlines()[0])
+    """`python -m bench.gpu` — the same bench without the CLI (and so without app.config/tomllib)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     add_arguments(parser)
     return run(parser.parse_args(argv))

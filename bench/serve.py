@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--abuse",
         action="store_true",
-        help="instead: N normal clients with and without a flood client beside them (app/bench_abuse.py)",
+        help="instead: N normal clients with and without a flood client beside them (bench/abuse.py)",
     )
     parser.add_argument("--clients", type=int, default=2, help="--abuse: normal clients (default 2)")
     parser.add_argument("--llm-url", help="the started server uses this remote OpenAI-compatible LLM "
@@ -230,7 +230,8 @@ async def _bench(args: argparse.Namespace, url: str, server: ServerProcess | Non
         "llm": getattr(args, "llm_url", None) or "local",
         "load_definition": "llm_tok_s: reply tokens handed out by the LLM lane / level wall time, all sessions; "
                            "cpu_cores: server CPU seconds / wall; lane_wait_ms: mean queue wait per call "
-                           "(asr, llm, tts lanes; llm_steps: per batched reply step)",
+                           "(asr, llm, tts lanes; llm_steps: per batched reply step; asr_urgent: final "
+                           "decodes only; tts_urgent: replies' first pieces only)",
     }
 
 
@@ -272,7 +273,7 @@ def _load_report(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
         report["cpu_percent_of_machine"] = round(100 * cores / (psutil.cpu_count() or 1), 1)
     a, b = after.get("lanes") or {}, before.get("lanes") or {}
     waits: dict[str, float | None] = {}
-    for name in ("asr", "llm", "tts", "llm_steps"):
+    for name in ("asr", "llm", "tts", "llm_steps", "asr_urgent", "tts_urgent"):
         if name in a and name in b:
             calls = a[name]["calls"] - b[name]["calls"]
             waits[name] = round(1000 * (a[name]["wait_s"] - b[name]["wait_s"]) / calls, 1) if calls else None
@@ -342,7 +343,7 @@ def _run_abuse(args: argparse.Namespace, url: str, server: ServerProcess | None)
     from urllib.parse import urlsplit
 
     from app.audio import read_audio, to_int16
-    from app.bench_abuse import print_table, run_abuse
+    from bench.abuse import print_table, run_abuse
 
     audio = to_int16(read_audio(args.question, rate=24000))
     rounds = 1 if args.quick else args.rounds

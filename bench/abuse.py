@@ -126,7 +126,7 @@ async def run_abuse(
     url: str, port: int, clients: int, rounds: int, audio_24k: np.ndarray, turns: int = 2
 ) -> dict[str, Any]:
     from app.audio import resample
-    from app.bench_serve import spoken_turns
+    from bench.serve import spoken_turns
 
     speech_8k = np.asarray(resample(audio_24k.astype(np.float32) / 32768.0, 24000, 8000) * 32767, np.int16)
     load_before = os.getloadavg()

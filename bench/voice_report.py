@@ -1,5 +1,5 @@
 """`specvoice bench voice`, its numbers: per-configuration summary, the latency vs false-endpoint curve, the
-table and the plots (app/bench_voice.py measures; this module only counts and draws): an SVG always (no
+table and the plots (bench/voice.py measures; this module only counts and draws): an SVG always (no
 dependency), a PNG when matplotlib is installed (the `bench` extra)."""
 
 from __future__ import annotations
@@ -13,9 +13,21 @@ from typing import Any
 
 import numpy as np
 
-from app.bench_voice_runs import Outcome
+from bench.voice_runs import Outcome
 
 MID_PAUSE = (600, 1000)  # the pauses the issue's false-endpoint goal is about
+# The path to the first sound, stage by stage, in ms after the end of speech (app/reply_stream.py
+# `Reply.stage_timings`): silence work started (VAD), transcript known, first LLM token, first spoken piece's
+# text, that piece synthesised, endpoint, first audio released.
+STAGES = [
+    ("silence", "eos_to_silence_ms"),
+    ("transcript", "eos_to_transcript_ms"),
+    ("first token", "eos_to_first_token_ms"),
+    ("first piece", "eos_to_first_piece_ms"),
+    ("piece audio", "eos_to_first_piece_audio_ms"),
+    ("endpoint", "eos_to_endpoint_ms"),
+    ("first audio", "eos_to_first_audio_ms"),
+]
 
 
 # -- summarising -------------------------------------------------------------------------------------------------
@@ -87,11 +99,29 @@ def summarize(outcomes: list[Outcome], questions: list, settings: dict[str, Any]
         "stages_p50_ms": {
             k: spread([o.stages[k] for o in outcomes if k in o.stages])["p50"] for k in stage_names
         },
+        "stages_ms": {
+            key: spread([o.stages[key] for o in outcomes if key in o.stages])
+            for _, key in STAGES
+            if any(key in o.stages for o in outcomes)
+        },
+        "preemptive_ready_before_endpoint": _ready_before_endpoint(outcomes),
         "per_question": [
             {"text": q.text, "voice": q.voice, "pause_ms": q.pause_ms, **dataclasses.asdict(o)}
             for q, o in pairs
         ],
     }
+
+
+def _ready_before_endpoint(outcomes: list[Outcome]) -> dict[str, int]:
+    """Turns whose heard reply was preemptive, and how many of them had their first audio synthesised by the
+    endpoint (so the endpoint alone set the wait)."""
+    pre = [o.stages for o in outcomes if o.stages.get("preemptive") == 1.0]
+    ready = [
+        s for s in pre
+        if "eos_to_first_piece_audio_ms" in s and "eos_to_endpoint_ms" in s
+        and s["eos_to_first_piece_audio_ms"] <= s["eos_to_endpoint_ms"]
+    ]  # fmt: skip
+    return {"preemptive_replies": len(pre), "ready": len(ready)}
 
 
 def _count(names) -> dict[str, int]:
@@ -157,11 +187,29 @@ def print_table(report: dict[str, Any]) -> None:
             f"{r['answered']}/{r['questions']}",
         ]
         print(f"{name:15s}" + "".join(f"{c:>{n}s}" for c, n in zip(cells, WIDTHS, strict=True)))
+    print_stages(report)
     s = report["settings"]
     print(f"\n{s['questions']} questions ({s['paused_questions']} paused, {s['pause_ms']['min']}-{s['pause_ms']['max']} ms),"
           f" voices {', '.join(s['voices'])}; transport {s['transport']}; times in ms")  # fmt: skip
     print(f"load average (1/5/15 min) at start {report['load_average']['start']}, at end {report['load_average']['end']}"
           f" on {os.cpu_count()} cores")  # fmt: skip
+
+
+def print_stages(report: dict[str, Any]) -> None:
+    """The path to the first sound, stage by stage: p50 / p95 ms after the end of speech (streaming configs)."""
+    rows = [(n, r) for n, r in report["configs"].items() if r.get("available") and r.get("stages_ms")]
+    if not rows:
+        return
+    print(f"\n{'stages (ms after end of speech, p50/p95)':42s}" + "".join(f"{label:>14s}" for label, _ in STAGES)
+          + f"{'ready by endpt':>16s}")  # fmt: skip
+    for name, r in rows:
+        cells = []
+        for _, key in STAGES:
+            st = r["stages_ms"].get(key)
+            cells.append(f"{st['p50']:.0f}/{st['p95']:.0f}" if st and st["p50"] is not None else "-")
+        ready = r.get("preemptive_ready_before_endpoint") or {}
+        done = f"{ready.get('ready', 0)}/{ready.get('preemptive_replies', 0)}"
+        print(f"{name:42s}" + "".join(f"{c:>14s}" for c in cells) + f"{done:>16s}")
 
 
 def write_svg(points: list[dict[str, Any]], path: Path) -> None:

@@ -1,6 +1,6 @@
 """Batched vs sequential decoding of N concurrent replies (llm/batch.py), in one run on one engine.
 
-For each N: N sessions (distinct prompts from `llm.bench.PROMPTS`, prefilled first, not timed) reply with
+For each N: N sessions (distinct prompts from `bench.llm.PROMPTS`, prefilled first, not timed) reply with
 up to `max_tokens` tokens each, greedy,
 - sequential: one reply step per forward, round-robin over the sessions — what the one-call-at-a-time
   LLM lane did with N conversations replying at once;
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from bench.llm import PROMPTS
 from llm.batch import BatchScheduler
-from llm.bench import PROMPTS
 from llm.engine import Engine
 from llm.session import Session
 

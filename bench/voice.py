@@ -1,6 +1,6 @@
 """`specvoice bench voice`: how long the user waits after they stop talking, and how often they are cut off.
 
-Questions (bench_data/voice_questions.txt; >= 30, >= 15 with a mid-sentence pause of 300-1200 ms) are
+Questions (bench/data/voice_questions.txt; >= 30, >= 15 with a mid-sentence pause of 300-1200 ms) are
 spoken by espeak-ng and flite voices, never the assistant's own Piper voice, over room tone (and, with
 `--snr`, noise), and streamed in real time in 20 ms frames. Every configuration hears the same clips in
 the same run:
@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.bench_voice_report import curve, print_table, spread, summarize, write_png, write_svg
-from app.bench_voice_runs import Outcome, sequential, sequential_assistant, stream_direct, stream_realtime
+from bench.voice_report import curve, print_table, spread, summarize, write_png, write_svg
+from bench.voice_runs import Outcome, sequential, sequential_assistant, stream_direct, stream_realtime
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},  # the assistant's conversation settings as they are
@@ -179,7 +179,7 @@ def load_average() -> list[float] | None:
 
 def settings(assistant: Any, questions: list, transport: str, max_tokens: int, wait_s: float,
              baseline_hangover_ms: int) -> dict[str, Any]:  # fmt: skip
-    from app.bench_voice_questions import PAUSE_RANGE_MS, ROOM_TONE_DBFS
+    from bench.voice_questions import PAUSE_RANGE_MS, ROOM_TONE_DBFS
 
     pauses = [q.pause_ms for q in questions if q.paused]
     return {
@@ -193,7 +193,7 @@ def settings(assistant: Any, questions: list, transport: str, max_tokens: int, w
 
 def run(args: argparse.Namespace, config: Any) -> int:
     from app.assistant import Assistant
-    from app.bench_voice_questions import VoiceUnavailable, build_questions
+    from bench.voice_questions import VoiceUnavailable, build_questions
 
     configs = args.configs.split(",") if args.configs else QUICK_RUN if args.quick else FULL_RUN
     unknown = [c for c in configs if c not in CONFIGS]

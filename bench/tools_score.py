@@ -1,6 +1,6 @@
 """Scoring for `specvoice bench tools`: the command sets, argument checks, threshold calibration, summaries.
 
-Kept apart from the runner (app/bench_tools.py) so the checks can be read and unit-tested without models.
+Kept apart from the runner (bench/tools.py) so the checks can be read and unit-tested without models.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.bench_voice_report import spread
+from bench.voice_report import spread
 
-COMMANDS_FILE = Path(__file__).resolve().parent / "bench_data" / "tool_commands.json"
+COMMANDS_FILE = Path(__file__).resolve().parent / "data" / "tool_commands.json"
 
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
           "sixteen seventeen eighteen nineteen").split()  # fmt: skip

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from llm.gpu_timing import build_random_model, speculative_speedup, time_call
+from bench.gpu_timing import build_random_model, speculative_speedup, time_call
 
 ALPHA_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
 

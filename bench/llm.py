@@ -5,7 +5,7 @@ Methods (one run, same model file, dtype, thread count, the same 44 short voice-
   hf_ar        transformers `generate(do_sample=False)` (the reference of every ratio)
   engine_ar    our static-cache model, k = 0 (one 1-token forward per token)
   hf_assisted  transformers assisted generation with the same drafter (`prompt_lookup_num_tokens` for the
-               n-gram drafter, `assistant_model` for a draft model)
+               n-gram drafter, `assistant_model` for a draft model; none for the draft head)
   engine_spec  our speculative engine (adaptive k in [k_min, k_max])
   llamacpp     llama.cpp (llama-cpp-python, the optional `llamacpp` extra) on the same GGUF, greedy, same
                prompt token ids and threads; skipped with a note when it is not installed
@@ -79,7 +79,7 @@ PROMPTS = [
     "What is the currency of Japan?",
     "Describe a rainbow in one sentence.",
 ]
-# (The draft-head training prompts must stay disjoint from these: llm/bench.py PROMPTS is the list to check.)
+# (The draft-head training prompts must stay disjoint from these: bench/llm.py PROMPTS is the list to check.)
 VERIFY_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17)
 METHODS = ("hf_ar", "engine_ar", "hf_assisted", "engine_spec", "llamacpp")
 
@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (min/median/max reported)")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the config/profile)")
     parser.add_argument(
-        "--drafter", default=None, help="ngram | none | a draft model source (default: profile)"
+        "--drafter", default=None,
+        help="ngram | head (the shipped draft head) | none | a draft model source (default: profile)",
     )
     parser.add_argument(
         "--quant", default=None, help="engine weights: auto | int4 | none (default: the config's llm.quant)"
@@ -366,10 +367,12 @@ def run(args: argparse.Namespace, config) -> int:
           f"compile {compile_step}  drafter {drafter}  k {k_min}-{k_max}  threads {torch.get_num_threads()}  "
           f"prompts {len(texts)}  max tokens {args.max_tokens}  repeats {args.repeats}  (prepare {prepare_s:.1f} s)")  # fmt: skip
     hf_target = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    if drafter in ("ngram", "none"):
-        spec = Engine(target, tokenizer, drafter_kind="ngram" if drafter == "ngram" else "none",
-                      k_min=k_min, k_max=k_max)  # fmt: skip
+    if drafter in ("ngram", "none", "head"):
+        spec = Engine(target, tokenizer, drafter_kind=drafter, k_min=k_min, k_max=k_max)
         assist = {"prompt_lookup_num_tokens": min(10, k_max)} if drafter == "ngram" else {}
+        if drafter == "head" and "hf_assisted" in wanted:  # transformers has no draft-head assistant
+            print("hf_assisted: skipped (no transformers equivalent of the draft head)")
+            wanted.remove("hf_assisted")
     else:
         draft_folder = ensure_hf_folder(fetch(drafter, offline=config.models.offline))
         draft_model, _ = load_model(draft_folder, dtype=dtype, device=device)
