@@ -31,12 +31,13 @@ class ConversationTools:
         self._tools = ToolRegistry().merged(getattr(self.assistant, "tools", None)).merged(tools)
         self._tool_choice = ToolChoice.parse(tool_choice)
         self._tool_choice.specs(self._tools)  # a named tool must exist
-        self.call_threshold: float | None = None  # None: the model's own first-token choice decides
+        self.call_threshold: float | None = None  # None: the prompt style's default (tool_format.CALL_POLICIES)
         self.filler: str | None = "One moment."  # said while a server-side tool is slow (None: silence)
         self.filler_after_s = 0.7
-        self.call_options: dict[str, Any] = {}  # how calls are written: ToolPlan.call_options
+        self.call_options: dict[str, Any] = {}  # over the style's default: ToolPlan.call_options
         self.audio_output = True  # False: text-only replies, no speech synthesis at all
         self._pending_calls: dict[str, str] = {}  # client-side calls waiting for add_tool_output: id -> name
+        self._tool_output_added = False  # the next reply answers a client tool's output (ToolPlan.after_result)
         self._reply_options: dict[str, dict[str, Any]] = {}  # per-reply overrides from respond()
 
     @property
@@ -90,6 +91,7 @@ class ConversationTools:
         self._interrupt_live()
         text = result_text(name, output, self.assistant.llm.tokenizer)
         self._user_prefix = f"{self._user_prefix} {text}".strip()
+        self._tool_output_added = True
         if respond:
             await self.respond()
         else:
@@ -108,7 +110,8 @@ class ConversationTools:
         if len(self._tools):
             choice = options.get("tool_choice", self._tool_choice)
             tools = ToolPlan(self._tools, choice, self.call_threshold, self.filler, self.filler_after_s,
-                             dict(self.call_options))  # fmt: skip
+                             dict(self.call_options), after_result=self._tool_output_added)  # fmt: skip
+        self._tool_output_added = False
         return ReplyPlan(options.get("audio", self.audio_output), tools, self._on_tool_call)
 
     def _system_prompt(self, registry: ToolRegistry) -> str:

@@ -8,9 +8,12 @@ command, e.g. a benchmark of argument quality).
 
 `Conversation` replies (app/reply_stream.py `run_reply`) use `ToolChoice`, `ToolPlan` and `tool_phase`
 (decide with `decide_call`, write the call, hold it until a preemptive reply is confirmed, run it with a
-filler when slow, feed the result back): with `auto` the model's own first-token choice under the reply's
-sampling decides (greedy: is `<tool_call>`'s first token the argmax?), unless a calibrated `call_threshold`
-on P(call) is given.
+filler when slow, feed the result back). Under `auto` the prompt style's policy decides
+(llm/tool_format.py `call_policy`): for the compact format of the 135M default with the tools' worked
+examples, P(call) against a threshold calibrated by `bench tools` on its dev set, and calls written with
+the channel tool choice and spans; otherwise (a model with its own tool template such as Qwen, or tools
+without examples) the model's first-token choice under the reply's sampling.
+`Conversation.call_threshold` / `call_options` override them.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from app.tools import ToolRegistry, ToolResult
 from llm.sampling import GREEDY, SamplingParams, choose
 from llm.tool_format import (
     CALL_OPEN,
+    CallPolicy,
     ToolSpec,
     WrittenCall,
+    call_policy,
     call_probability,
     style_for,
     tool_response,
@@ -90,20 +95,38 @@ class ToolPlan:
 
     registry: ToolRegistry
     choice: ToolChoice = ToolChoice()
-    call_threshold: float | None = None  # None: the model's own choice of its first token
+    call_threshold: float | None = None  # None: the prompt style's default (llm/tool_format.py call_policy)
     filler: str | None = DEFAULT_FILLER  # said when a server-side tool runs longer than filler_after_s
     filler_after_s: float = 0.7
-    # How the call is written (llm/tool_format.py write_call): {"name_choice": "greedy" | "likelihood" |
-    # "channel", "copy_spans": bool (free strings/integers limited to the user's own words/numbers)}.
+    # How the call is written (llm/tool_format.py write_call), over the style's default:
+    # {"name_choice": "greedy" | "likelihood" | "channel", "copy_spans": bool (free strings/integers
+    # limited to the user's own words/numbers)}.
     call_options: dict[str, Any] = field(default_factory=dict)
+    after_result: bool = False  # the reply answers a tool's output (a client-side tool's, just added)
 
-    def write_call_kwargs(self, user_text: str) -> dict[str, Any]:
-        options = dict(self.call_options)
+    def policy(self, style: str) -> CallPolicy:
+        return call_policy(style, any(name for name in self.registry.examples))
+
+    def threshold(self, style: str) -> float | None:
+        return self.call_threshold if self.call_threshold is not None else self.policy(style).threshold
+
+    def decision(self, style: str) -> tuple[ToolChoice, float | None]:
+        """(choice, threshold) for this reply. A calibrated threshold tells a request from a question in
+        what the user says; after a tool's output under `auto`, the reply answers with it (a threshold
+        that low would call again on the result itself)."""
+        threshold = self.threshold(style)
+        if self.after_result and threshold is not None and self.choice.mode == "auto":
+            return ToolChoice("none"), threshold
+        return self.choice, threshold
+
+    def write_call_kwargs(self, user_text: str, style: str = "compact") -> dict[str, Any]:
+        policy = self.policy(style)
+        options = {"name_choice": policy.name_choice, "copy_spans": policy.copy_spans} | self.call_options
         unknown = set(options) - {"name_choice", "copy_spans"}
         if unknown:
             raise ValueError(f"unknown call option(s) {sorted(unknown)}: name_choice, copy_spans")
-        kwargs: dict[str, Any] = {"name_choice": options.get("name_choice", "greedy")}
-        if options.get("copy_spans") and user_text:
+        kwargs: dict[str, Any] = {"name_choice": options["name_choice"]}
+        if options["copy_spans"] and user_text:
             kwargs["spans_from"] = user_text
         if kwargs["name_choice"] == "channel":
             kwargs["utterance"] = user_text
@@ -131,12 +154,14 @@ def decide_call(
     sampling: SamplingParams,
     generator: torch.Generator | None = None,
     threshold: float | None = None,
+    user_text: str | None = None,
 ) -> tuple[float, bool]:
     """(P(the reply starts a tool call), call?) at the start of the reply (opened here).
 
-    `auto`: the model's own choice of its first token under the reply's sampling (greedy: the argmax is the
-    first token of `<tool_call>`), or P >= `threshold` when a calibrated threshold is given. `required` /
-    a named function: always; `none`: never."""
+    `auto`: P >= `threshold` when a calibrated threshold is given (P taken as if `user_text` opened the
+    conversation: the calibration's condition, `call_probability`), else the model's own choice of its
+    first token under the reply's sampling (greedy: the argmax is the first token of `<tool_call>`).
+    `required` / a named function: always; `none`: never."""
     session.append_reply([])
     logits = session.next_token_logits()
     first = session.tokenizer(CALL_OPEN, add_special_tokens=False)["input_ids"][0]
@@ -146,6 +171,8 @@ def decide_call(
     if choice.mode == "none":
         return p_call, False
     if threshold is not None:
+        if user_text:
+            p_call = call_probability(session, first_turn=user_text)
         return p_call, p_call >= threshold
     return p_call, choose(logits, sampling, generator) == first
 
@@ -214,15 +241,16 @@ async def tool_phase(
     assert tools is not None
     generator = getattr(session, "generator", None)
     reply.prepared = True  # the decision opens the reply in the session
-    p_call, call = await lanes.llm.run(decide_call, session, tools.choice, sampling, generator,
-                                       tools.call_threshold)  # fmt: skip
-    reply.numbers["p_call"] = round(p_call, 4)
-    if not call or reply.cancelled:
-        return not reply.cancelled
+    style = style_for(session.tokenizer)
+    choice, threshold = tools.decision(style)
     user_text = reply.user_text or next(
         (m["content"] for m in reversed(session.history) if m["role"] == "user"), ""
     )
-    options = tools.write_call_kwargs(user_text)
+    p_call, call = await lanes.llm.run(decide_call, session, choice, sampling, generator, threshold, user_text)
+    reply.numbers["p_call"] = round(p_call, 4)
+    if not call or reply.cancelled:
+        return not reply.cancelled
+    options = tools.write_call_kwargs(user_text, style)
     try:  # arguments greedily, under the schema mask: the most likely well-formed call
         written = await lanes.llm.run(
             functools.partial(write_call, session, tools.choice.specs(tools.registry), GREEDY, None,

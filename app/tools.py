@@ -84,11 +84,14 @@ class ToolRegistry:
         self._word_sources: list[Callable[[], Iterable[str]]] = []  # names the data holds now
 
     def register(self, function: Callable[..., Any] | None = None, *, name: str | None = None,
-                 timeout_s: float | None = None):  # fmt: skip
-        """Register a function (usable as `@register` or `@register(name=..., timeout_s=...)`)."""
+                 timeout_s: float | None = None, free_text: Iterable[str] = ()):  # fmt: skip
+        """Register a function (usable as `@register` or `@register(name=..., timeout_s=..., free_text=...)`).
+
+        `free_text`: string parameters the model writes in its own words (a summary), where the others are
+        copied from what the user said when calls copy spans (llm/tool_format.py `copy_spans`)."""
 
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
-            spec = spec_from_function(fn, name)
+            spec = spec_from_function(fn, name, tuple(free_text))
             if spec.name in self._tools:
                 raise ToolError(f"a tool named {spec.name!r} is already registered")
             self._tools[spec.name] = Tool(spec, fn, timeout_s if timeout_s is not None else self.timeout_s)
@@ -272,7 +275,7 @@ def check_parameters(parameters: Any, name: str) -> None:
 
 
 # -- schema from a function --------------------------------------------------------------------------
-def spec_from_function(fn: Callable[..., Any], name: str | None = None) -> ToolSpec:
+def spec_from_function(fn: Callable[..., Any], name: str | None = None, free_text: tuple[str, ...] = ()) -> ToolSpec:
     name = name or fn.__name__
     if not _NAME.fullmatch(name):
         raise ToolError(f"tool name {name!r}: letters, digits and _ only (at most 64)")
@@ -291,9 +294,14 @@ def spec_from_function(fn: Callable[..., Any], name: str | None = None) -> ToolS
         properties[param.name] = schema
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
+        elif param.default is not None and isinstance(param.default, (str, int, float, bool)):
+            schema["default"] = param.default.value if isinstance(param.default, enum.Enum) else param.default
+    unknown = set(free_text) - {n for n, s in properties.items() if s.get("type") == "string"}
+    if unknown:
+        raise ToolError(f"{name}: free_text names {sorted(unknown)}, which are not string parameters")
     parameters = {"type": "object", "properties": properties, "required": required,
                   "additionalProperties": False}  # fmt: skip
-    return ToolSpec(name, description or name.replace("_", " "), parameters)
+    return ToolSpec(name, description or name.replace("_", " "), parameters, free_text)
 
 
 def _strip_optional(hint: Any) -> Any:

@@ -7,15 +7,18 @@ Methods (one run, same model file, dtype, thread count, the same 44 short voice-
   hf_assisted  transformers assisted generation with the same drafter (`prompt_lookup_num_tokens` for the
                n-gram drafter, `assistant_model` for a draft model; none for the draft head)
   engine_spec  our speculative engine (adaptive k in [k_min, k_max])
-  llamacpp     llama.cpp (llama-cpp-python, the optional `llamacpp` extra) on the same GGUF, greedy, same
-               prompt token ids and threads; skipped with a note when it is not installed
+  llamacpp     llama.cpp on the same GGUF (the optional `llamacpp` extra: llama-cpp-python, else
+               llama-cpp-py-sync; bench/llm_llamacpp.py), greedy, same prompt token ids, max tokens and
+               threads, timed like engine_ar; skipped with a one-line reason (table and JSON) without one
 
 Per method: tokens/s with min/median/max over `--repeats` (prefill of the prompt included, as HF generate
 includes it), tokens per target forward (bonus/correction token included), acceptance rate (ours only),
-time to the first 8 tokens (median over prompts; for the engine also *after the prompt's prefill*, which is
-what a voice turn sees since its prompt is prefilled while the user speaks), and per prompt whether the
-tokens equal hf_ar's and our fp32 greedy reference (token-identical to HF fp32, tests/llm), with the first
-divergence position. It also measures a T-token forward at position 200 in fp32, bf16 and bf16 with int4
+time to the first 8 tokens (median over prompts; for the engine and llama.cpp also *after the prompt's
+prefill*, which is what a voice turn sees since its prompt is prefilled while the user speaks, with that
+prefill's time and the decode rate without it), the ratio to llama.cpp's tok/s, and per prompt whether the
+tokens equal hf_ar's, our fp32 greedy reference (token-identical to HF fp32, tests/llm) and (llama.cpp, the
+speculative engine) engine_ar's, with the first divergence position; the 1-minute load average before and
+after each repeat. It also measures a T-token forward at position 200 in fp32, bf16 and bf16 with int4
 1-row steps (`verify_cost_ms`).
 
 Engine weights follow `--quant` / `llm.quant` (auto: the Q4_1 file's codes in packed int4 matmuls for 1-row
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -102,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the engine's 1-token step (default: the config's llm.compile)")  # fmt: skip
     parser.add_argument(
         "--methods", default=",".join(METHODS),
-        help=f"comma-separated subset of {','.join(METHODS)} (llamacpp runs only if llama-cpp-python is installed)",
+        help=f"comma-separated subset of {','.join(METHODS)} (llamacpp needs the llamacpp extra)",
     )  # fmt: skip
     parser.add_argument(
         "--skip-verify-costs", action="store_true", help="skip the T-token forward cost table"
@@ -124,7 +128,9 @@ class Run:
     drafted: int = 0
     accepted: int = 0
     first8: list[float] = field(default_factory=list)  # from the request (prompt prefill included)
-    first8_prefilled: list[float] = field(default_factory=list)  # engine only: after the prompt's prefill
+    # engine and llamacpp only: after the prompt's prefill (all but its last token), and that prefill
+    first8_prefilled: list[float] = field(default_factory=list)
+    prefill: list[float] = field(default_factory=list)  # seconds per prompt
 
     @property
     def generated(self) -> int:
@@ -192,6 +198,7 @@ def _engine_run(engine, system_prompt: str, texts: list[str], max_tokens: int) -
         run.tokens.append(tokens)
         run.first8.append(first8 - started)
         run.first8_prefilled.append(first8 - prefilled)
+        run.prefill.append(prefilled - started)
         stats = session.last_reply
         run.forwards += stats.steps
         run.drafted += stats.drafted
@@ -199,41 +206,27 @@ def _engine_run(engine, system_prompt: str, texts: list[str], max_tokens: int) -
     return run
 
 
-def llamacpp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def _llamacpp_model(gguf: Path, threads: int):
-    """llama.cpp on the same GGUF file, same thread count (the `llamacpp` extra: llama-cpp-python)."""
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                 n_batch=512, verbose=False)  # fmt: skip
-
-
-def _llamacpp_run(llm, prompts: list[list[int]], max_tokens: int, eos_ids: set[int]) -> Run:
-    """Greedy (top-k 1, no repeat penalty) from the same prompt token ids (the GGUF carries the same
-    vocabulary); prompt evaluation included, like HF generate."""
+def _llamacpp_run(llama, prompts: list[list[int]], max_tokens: int, stop: set[int]) -> Run:
+    """Timed like `_engine_run`: the clock starts before the prompt (all but its last token) is evaluated,
+    `first8_prefilled` after it; greedy from the same prompt token ids (bench/llm_llamacpp.py)."""
     run = Run()
     for ids in prompts:
         started = time.perf_counter()
+        llama.prefill(ids)
+        prefilled = time.perf_counter()
         tokens, first8 = [], None
-        for token in llm.generate(
-            ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
-        ):
-            if token in eos_ids:
-                break
+        for token in llama.generate(ids, max_tokens, stop):
             tokens.append(token)
             if first8 is None and len(tokens) >= 8:
-                first8 = time.perf_counter() - started
-            if len(tokens) >= max_tokens:
-                break
-        run.seconds += time.perf_counter() - started
+                first8 = time.perf_counter()
+        ended = time.perf_counter()
+        first8 = first8 if first8 is not None else ended
+        run.seconds += ended - started
         run.tokens.append(tokens)
-        run.first8.append(first8 if first8 is not None else time.perf_counter() - started)
-        run.forwards += len(tokens) + 1
+        run.first8.append(first8 - started)
+        run.first8_prefilled.append(first8 - prefilled)
+        run.prefill.append(prefilled - started)
+        run.forwards += len(tokens) + (len(tokens) < max_tokens)  # the stop token's forward
     return run
 
 
@@ -259,7 +252,12 @@ def _spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def _summary(runs: list[Run], reference: list[list[int]] | None, fp32: list[list[int]] | None) -> dict:
+def _summary(
+    runs: list[Run],
+    reference: list[list[int]] | None,
+    fp32: list[list[int]] | None,
+    engine: list[list[int]] | None = None,
+) -> dict:
     last = runs[-1]
     rates = [r.generated / r.seconds for r in runs]
     first8 = [statistics.median(r.first8) * 1000 for r in runs]
@@ -280,10 +278,18 @@ def _summary(runs: list[Run], reference: list[list[int]] | None, fp32: list[list
         prefilled = [statistics.median(r.first8_prefilled) * 1000 for r in runs]
         out["first8_after_prefill_ms"] = statistics.median(prefilled)
         out["first8_after_prefill_ms_spread"] = _spread(prefilled)
+        prefill = [statistics.median(r.prefill) * 1000 for r in runs]
+        out["prefill_ms"] = statistics.median(prefill)
+        out["prefill_ms_spread"] = _spread(prefill)
+        decode = [r.generated / (r.seconds - sum(r.prefill)) for r in runs]
+        out["decode_tokens_per_s"] = statistics.median(decode)
+        out["decode_tokens_per_s_spread"] = _spread(decode)
     if reference is not None:
         out["vs_hf_ar"] = divergence(last.tokens, reference)
     if fp32 is not None:
         out["vs_fp32_greedy"] = divergence(last.tokens, fp32)
+    if engine is not None:
+        out["vs_engine_ar"] = divergence(last.tokens, engine)
     return out
 
 
@@ -324,6 +330,7 @@ def run(args: argparse.Namespace, config) -> int:
 
     from app.profiles import resolve_profile
     from app.store import fetch
+    from bench.llm_llamacpp import LlamaCppUnavailable, open_llamacpp, skip_reason
     from llm.backends import prepare_model, select_backend
     from llm.engine import Engine
     from llm.loading import ensure_hf_folder, load_model
@@ -348,8 +355,9 @@ def run(args: argparse.Namespace, config) -> int:
     unknown = set(wanted) - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
-    if "llamacpp" in wanted and not (llamacpp_available() and gguf_source(folder)):
-        print("llamacpp: skipped (pip install 'specvoice[llamacpp]' and a GGUF model are needed)")
+    skipped: dict[str, str] = {}
+    if "llamacpp" in wanted and (reason := skip_reason(gguf_source(folder))):
+        skipped["llamacpp"] = reason
         wanted.remove("llamacpp")
     if "hf_ar" not in wanted:
         wanted.insert(0, "hf_ar")  # the reference every ratio and identity is taken against
@@ -371,7 +379,7 @@ def run(args: argparse.Namespace, config) -> int:
         spec = Engine(target, tokenizer, drafter_kind=drafter, k_min=k_min, k_max=k_max)
         assist = {"prompt_lookup_num_tokens": min(10, k_max)} if drafter == "ngram" else {}
         if drafter == "head" and "hf_assisted" in wanted:  # transformers has no draft-head assistant
-            print("hf_assisted: skipped (no transformers equivalent of the draft head)")
+            skipped["hf_assisted"] = "no transformers equivalent of the draft head"
             wanted.remove("hf_assisted")
     else:
         draft_folder = ensure_hf_folder(fetch(drafter, offline=config.models.offline))
@@ -407,9 +415,18 @@ def run(args: argparse.Namespace, config) -> int:
         "hf_assisted": lambda: _hf_run(hf_target, prompt_ids, args.max_tokens, eos, **assist),
         "engine_spec": lambda: _engine_run(spec, system, texts, args.max_tokens),
     }
+    llama, llamacpp_build = None, None
     if "llamacpp" in wanted:
-        llama = _llamacpp_model(gguf_source(folder), torch.get_num_threads())
-        methods["llamacpp"] = lambda: _llamacpp_run(llama, prompt_ids, args.max_tokens, eos_ids)
+        try:
+            llama = open_llamacpp(gguf_source(folder), torch.get_num_threads())
+        except LlamaCppUnavailable as exc:  # e.g. a prebuilt library this system's libc cannot load
+            skipped["llamacpp"] = str(exc)
+        else:
+            llamacpp_build = llama.describe()
+            print(f"llamacpp: {llamacpp_build}")
+            methods["llamacpp"] = lambda: _llamacpp_run(llama, prompt_ids, args.max_tokens, eos_ids)
+    for name, reason in skipped.items():
+        print(f"{name}: skipped ({reason})")
     methods = {name: fn for name, fn in methods.items() if name in wanted}
     warm_prompts, warm_texts = prompt_ids, texts
     prompt_ids, texts = prompt_ids[:1], texts[:1]
@@ -417,17 +434,31 @@ def run(args: argparse.Namespace, config) -> int:
         fn()
     prompt_ids, texts = warm_prompts, warm_texts
     runs: dict[str, list[Run]] = {name: [] for name in methods}
+    load = [os.getloadavg()[0]]  # 1-minute load average: before, then after each repeat
     for repeat in range(args.repeats):
         for name, fn in methods.items():  # interleaved, so load changes hit every method alike
             runs[name].append(fn())
             print(f"  repeat {repeat + 1}/{args.repeats} {name:12s} {runs[name][-1].generated / runs[name][-1].seconds:6.1f} tok/s", flush=True)  # fmt: skip
+        load.append(os.getloadavg()[0])
+    if llama is not None:
+        llama.close()
     reference = runs["hf_ar"][0].tokens
-    results = {name: _summary(r, None if name == "hf_ar" else reference, fp32_reference)
+    engine_tokens = runs["engine_ar"][-1].tokens if "engine_ar" in runs else None
+    results = {name: _summary(r, None if name == "hf_ar" else reference, fp32_reference,
+                              None if name in ("hf_ar", "engine_ar") else engine_tokens)
                for name, r in runs.items()}  # fmt: skip
     base = results["hf_ar"]["tokens_per_s"]
+    ratio_vs_llamacpp = None
+    if "llamacpp" in results:
+        rate = results["llamacpp"]["tokens_per_s"]
+        ratio_vs_llamacpp = {name: m["tokens_per_s"] / rate for name, m in results.items()}
     report = {
         "methods": results,
         "speedup_vs_hf_ar": {name: m["tokens_per_s"] / base for name, m in results.items()},
+        "ratio_vs_llamacpp": ratio_vs_llamacpp,
+        "skipped": skipped,
+        "llamacpp_build": llamacpp_build,
+        "load_average_1min": {"before": load[0], "after_each_repeat": load[1:], **_spread(load)},
         "drafter": drafter,
         "model": folder.name,
         "device": device,
@@ -442,7 +473,9 @@ def run(args: argparse.Namespace, config) -> int:
         "verify_cost_ms": costs,
         "note": "tokens_per_step counts the bonus/correction token; HF's first forward also consumes the prompt. "
         "acceptance_rate is null where HF does not expose it. first8_ms includes the prompt's prefill; "
-        "first8_after_prefill_ms (engine) starts after it, as in a voice turn. vs_fp32_greedy compares with our "
+        "first8_after_prefill_ms (engine, llamacpp) starts after all but the last prompt token are evaluated, as in a voice turn; "
+        "prefill_ms is that prefill (median per prompt), decode_tokens_per_s the rate without it. "
+        "vs_engine_ar compares greedy tokens with engine_ar's. vs_fp32_greedy compares with our "
         "fp32 engine (token-identical to HF fp32 greedy). Taken on a shared CPU unless stated otherwise.",
     }
     _print_table(report)
@@ -453,22 +486,35 @@ def run(args: argparse.Namespace, config) -> int:
 
 
 def _print_table(report: dict) -> None:
-    print(f"\n{'method':12s} {'tok/s':>7s} {'(min-max)':>12s} {'tok/fwd':>7s} {'accept':>6s} {'first8':>7s} "
-          f"{'after pf':>8s} {'vs hf_ar':>8s} {'=hf_ar':>6s} {'=fp32':>6s}")  # fmt: skip
+    ratios = report.get("ratio_vs_llamacpp") or {}
+    print(f"\n{'method':12s} {'tok/s':>7s} {'(min-max)':>12s} {'decode':>6s} {'prefill':>7s} {'tok/fwd':>7s} "
+          f"{'accept':>6s} {'first8':>7s} {'after pf':>8s} {'vs hf_ar':>8s} {'vs llama':>8s} {'=hf_ar':>6s} {'=fp32':>6s} "
+          f"{'=eng_ar':>7s}")  # fmt: skip
     for name, m in report["methods"].items():
         accept = "-" if m["acceptance_rate"] is None else f"{m['acceptance_rate']:.2f}"
         spread = m["tokens_per_s_spread"]
         after = m.get("first8_after_prefill_ms")
-        same_hf, same_fp32 = (
+        same_hf, same_fp32, same_engine = (
             "-" if m.get(key) is None else f"{m[key]['identical']}/{m[key]['prompts']}"
-            for key in ("vs_hf_ar", "vs_fp32_greedy")
+            for key in ("vs_hf_ar", "vs_fp32_greedy", "vs_engine_ar")
         )
         after_text = "-" if after is None else f"{after:.0f}ms"
-        print(f"{name:12s} {m['tokens_per_s']:7.1f} {spread['min']:5.1f}-{spread['max']:<6.1f} "
-              f"{m['tokens_per_step']:7.2f} {accept:>6s} {m['first8_ms']:5.0f}ms "
-              f"{after_text:>8s} {report['speedup_vs_hf_ar'][name]:7.2f}x {same_hf:>6s} {same_fp32:>6s}")  # fmt: skip
-    for name, m in report["methods"].items():
-        if "vs_fp32_greedy" in m:
-            firsts = m["vs_fp32_greedy"]["first_divergence"]
-            print(f"first divergence from fp32 greedy, {name:12s}: "
-                  + " ".join("=" if f is None else str(f) for f in firsts))  # fmt: skip
+        decode = "-" if "decode_tokens_per_s" not in m else f"{m['decode_tokens_per_s']:.1f}"
+        prefill = "-" if "prefill_ms" not in m else f"{m['prefill_ms']:.0f}ms"
+        vs_llama = f"{ratios[name]:7.2f}x" if name in ratios else "       -"
+        print(f"{name:12s} {m['tokens_per_s']:7.1f} {spread['min']:5.1f}-{spread['max']:<6.1f} {decode:>6s} "
+              f"{prefill:>7s} {m['tokens_per_step']:7.2f} {accept:>6s} {m['first8_ms']:5.0f}ms "
+              f"{after_text:>8s} {report['speedup_vs_hf_ar'][name]:7.2f}x {vs_llama} {same_hf:>6s} {same_fp32:>6s} "
+              f"{same_engine:>7s}")  # fmt: skip
+    for name, reason in report.get("skipped", {}).items():
+        print(f"{name:12s} skipped: {reason}")
+    for key, what in (("vs_fp32_greedy", "fp32 greedy"), ("vs_engine_ar", "engine_ar")):
+        for name, m in report["methods"].items():
+            if key in m:
+                firsts = m[key]["first_divergence"]
+                print(f"first divergence from {what}, {name:12s}: "
+                      + " ".join("=" if f is None else str(f) for f in firsts))  # fmt: skip
+    if "load_average_1min" in report:
+        load = report["load_average_1min"]
+        print(f"1-minute load average: before {load['before']:.1f}, after each repeat "
+              + " ".join(f"{x:.1f}" for x in load["after_each_repeat"]))  # fmt: skip

@@ -21,6 +21,7 @@ plain listing as the baseline, are then scored on `test` with their dev-calibrat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -33,6 +34,7 @@ import numpy as np
 
 from bench.tools_score import Command, calibrate_threshold, failed_arguments, load_commands, summarize
 from bench.voice import load_average
+from llm.tool_format import COMPACT_CALL_THRESHOLD, style_for
 
 SETTINGS: dict[str, dict[str, Any]] = {
     # the format before this bench (listing, greedy name, free strings): the baseline
@@ -74,7 +76,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 # The default run: the baseline and the two best on dev in the comparison runs of all SETTINGS (docs/tools.md).
 DEFAULT_RUN = ["listing", "examples_channel_spans", "examples_channel_spans_hints"]
-ANSWER_EXAMPLES = [("What is two plus two?", "Four.")]  # a turn that needs no tool, in the examples prompt
 CONTENT_FREE = ("N/A", "Okay.")  # user turns that say nothing: the tool-name prior (contextual calibration)
 BASELINE = "listing"
 HINTED = "+hints"  # clip key suffix: transcribed with the tools' speech prompt (ToolRegistry.speech_prompt)
@@ -122,10 +123,14 @@ def scenario_tools(workdir: Path) -> dict[str, tuple[Any, dict[str, list]]]:
 def system_prompt(
     base: str, registry: Any, examples: dict[str, list], setting: dict[str, Any], tokenizer
 ) -> str:
+    """The product's prompt (app/tool_turn.py `tools_system_prompt`: the tools' examples, and a plain
+    answer's) or, without examples, the bare listing."""
+    from app.tool_turn import tools_system_prompt
     from llm.tool_format import style_for, tools_prompt
 
-    shots = {**examples, "": ANSWER_EXAMPLES} if setting["examples"] else None
-    return f"{base}\n\n{tools_prompt(registry.specs, style_for(tokenizer), shots)}"
+    if setting["examples"]:
+        return tools_system_prompt(base, registry, tokenizer)
+    return f"{base}\n\n{tools_prompt(registry.specs, style_for(tokenizer), None)}"
 
 
 # -- audio ------------------------------------------------------------------------------------------------
@@ -206,7 +211,8 @@ def run_command(llm: Any, prompt: str, registry: Any, setting: dict[str, Any], c
         failed_arguments(command.args, call.arguments) if call.name == command.tool else list(command.args)
     )
     trial.update(tool=call.name, arguments=call.arguments, tool_ok=call.name == command.tool,
-                 args_ok=call.name == command.tool and not failed, failed_args=failed)  # fmt: skip
+                 args_ok=call.name == command.tool and not failed, failed_args=failed,
+                 invented=invented_values(registry, call.name, call.arguments, command.args))  # fmt: skip
     if voice is None:
         return trial
     result = asyncio.run(registry.call(call.name, call.arguments))
@@ -231,6 +237,15 @@ def run_command(llm: Any, prompt: str, registry: Any, setting: dict[str, Any], c
         timings["first_audio_ms"] = ms()
     trial["answer_start"] = text.strip()
     return trial
+
+
+def invented_values(registry: Any, name: str, arguments: dict[str, Any], checked: dict[str, Any]) -> dict:
+    """Optional arguments the command does not check that the call set to something other than their
+    default: values the user never gave ("dietary": "picnic"), which a real database would keep."""
+    props = registry.tool(name).spec.parameters.get("properties", {})
+    required = set(registry.tool(name).spec.parameters.get("required", []))
+    return {k: v for k, v in arguments.items()
+            if k not in checked and k not in required and v not in (props.get(k, {}).get("default"), None, "")}  # fmt: skip
 
 
 def run_setting(llm: Any, tokenizer: Any, scenarios: dict[str, str], tools: dict, name: str,
@@ -287,6 +302,9 @@ def run_bench(assistant: Any, settings: list[str], splits: dict[str, list[Comman
                                      assistant.voice, answer_tokens, log)  # fmt: skip
                 threshold = report["dev"][name]["summary"]["threshold"]
                 report["test"][name] = {"summary": summarize(trials, threshold), "trials": trials}
+                if name == best and style_for(tokenizer) == "compact":  # the threshold the product ships
+                    shipped = summarize(copy.deepcopy(trials), COMPACT_CALL_THRESHOLD)
+                    report["test"][name]["summary_at_shipped_threshold"] = shipped
             if text_too:  # diagnostic: the same commands as written, no ASR: how much the ears cost
                 log(f"  [test, written text instead of speech: {best}]")
                 written = {
@@ -332,6 +350,11 @@ def print_table(report: dict[str, Any]) -> None:
               f"{_rate(s['decision_argmax']):>12} {_rate(s['tool_forced']):>14} "
               f"{_rate(s['tool_and_arguments_forced']):>12} {s['threshold']:>9.4f}")  # fmt: skip
     print(f"chosen on dev: {report['chosen_on_dev']}")
+    for name, run in report["test"].items():
+        shipped = run.get("summary_at_shipped_threshold")
+        if shipped:
+            print(f"test {name} at the shipped threshold {shipped['threshold']:g} (llm/tool_format.py): "
+                  f"end to end {_rate(shipped['end_to_end'])}, decision {_rate(shipped['decision'])}")
     for name, run in report["test"].items():
         timings = run["summary"]["timings_ms"]
         if "first_audio_ms" in timings:

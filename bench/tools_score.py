@@ -170,5 +170,7 @@ def summarize(trials: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         "tool_forced": share([t["tool_ok"] for t in commands]),
         "arguments_forced": share([t["args_ok"] for t in commands if t["tool_ok"]]),
         "tool_and_arguments_forced": share(forced),
+        # calls that set an optional argument the user never gave (not part of "correct": a diagnostic)
+        "invented_values": share([bool(t.get("invented")) for t in commands if t["tool_ok"]]),
         "timings_ms": timings,
     }

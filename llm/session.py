@@ -174,6 +174,14 @@ class Session(ChatTurns):
     def _user_text_changed(self) -> None:
         self._sync(whole_chunks_only=True)  # prefill whole chunks while the user speaks
 
+    def first_turn_tokens(self, user_text: str) -> tuple[list[int], list[int]]:
+        """(system prompt + user header, the user's words + turn end + assistant header): the conversation
+        as it would stand with `user_text` as its first turn, for history-free probes (a tool-call decision
+        calibrated on first turns, llm/tool_format.py `call_probability`)."""
+        return self._system + self._headers["user"], (
+            self._encode(user_text) + self._footer + self._headers["assistant"]
+        )
+
     def tokens(self) -> list[int]:
         """The whole conversation as the model sees it (ChatML)."""
         return self._closed + (self._turn_tokens(self._open, closed=False) if self._open else [])

@@ -39,6 +39,41 @@ CALL_CLOSE = "\n</tool_call>"
 NAME_PREFIX = '{"name":'
 NAME_CHOICES = ("greedy", "likelihood", "channel")
 Example = tuple[str, dict[str, Any]]  # (what the user says, the call's arguments)
+# A turn that needs no tool, added to a compact prompt's examples when the tools' authors gave none: with
+# only calls to copy, a small model starts a call after anything.
+ANSWER_EXAMPLES: list[tuple[str, str]] = [("What is two plus two?", "Four.")]
+# P(call) at which the compact format's default (SmolLM2-135M) calls a tool under tool_choice "auto":
+# calibrated by `specvoice bench tools` on its dev commands only (docs/tools.md). SmolLM2 never puts a
+# call's first token first on its own (P 1e-4 .. 3e-2), so its argmax would never call.
+COMPACT_CALL_THRESHOLD = 7.5e-4
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """How a reply decides to call and writes the call, per prompt style (chosen by `bench tools`).
+
+    threshold: P(call) needed under tool_choice "auto" (None: the reply's own first-token choice decides);
+    name_choice: see `write_call`; copy_spans: free strings/integers are the user's own words/numbers."""
+
+    threshold: float | None
+    name_choice: str = "greedy"
+    copy_spans: bool = False
+
+
+MODELS_OWN = CallPolicy(None, "greedy", False)
+CALL_POLICIES = {
+    # The 135M default, with its tools' worked examples in the prompt (the format the threshold was
+    # calibrated on): a calibrated decision, the tool under which the words are likeliest, spans.
+    "compact": CallPolicy(COMPACT_CALL_THRESHOLD, "channel", True),
+    # a model trained on its template's tool format (Qwen2.5) decides and writes calls itself
+    "qwen": MODELS_OWN,
+}
+
+
+def call_policy(style: str, examples: bool) -> CallPolicy:
+    """The default policy for a prompt style; without worked examples the compact prompt is the bare
+    listing, where P(call) has another scale: the model's own first-token choice decides there."""
+    return CALL_POLICIES[style] if examples or style != "compact" else MODELS_OWN
 
 
 @dataclass(frozen=True)
@@ -46,6 +81,9 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    # String parameters the model writes in its own words even when calls copy the user's (`copy_spans`):
+    # a summary, a message. Everything else that names what the user said is better as a span of it.
+    free_text: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +139,8 @@ def tools_prompt(
         for t in tools
         for said, arguments in (examples or {}).get(t.name, [])
     ]
-    shots += [f"User: {said}\n{answer}" for said, answer in (examples or {}).get("", [])]
+    answers = (examples or {}).get("") or (ANSWER_EXAMPLES if shots else [])
+    shots += [f"User: {said}\n{answer}" for said, answer in answers]
     if shots:
         text += "\n\nExamples:\n" + "\n".join(shots)
     return text
@@ -153,34 +192,45 @@ def utterance_numbers(text: str) -> list[int]:
 
 def copy_spans(tools: list[ToolSpec], text: str) -> list[ToolSpec]:
     """The tools with every free string parameter (type string, no enum) limited to spans of `text`,
-    and every free integer parameter to the numbers said in it (when there are any in its range).
+    and every free integer parameter to the numbers said in it; an optional parameter may also take its
+    schema's `default` (none said: only that).
 
     For tools whose strings name things the user said (a guest, an event, a reason): the value is then a
     choice among the user's own words, made by the model under the mask, instead of free text a small
-    model can run away with ("Friday_Dinner_Lisa_On_Lisa_On..."). A string with no span to offer is
-    left free."""
+    model can run away with ("Friday_Dinner_Lisa_On_Lisa_On..."), and an optional value the user did not
+    give stays at its default instead of a word picked to fill it ("dietary": "picnic"). The tool's
+    `free_text` parameters, and a string with no span to offer, are left free."""
     spans = utterance_spans(text)
     if not spans:
         return tools
+    numbers = utterance_numbers(text)
     out = []
     for tool in tools:
         props = tool.parameters.get("properties") or {}
-        changed = {
-            name: {k: v for k, v in schema.items() if k not in ("type", "minLength", "maxLength")}
-            | {"enum": [s for s in spans if schema.get("minLength", 0) <= len(s) <= schema.get("maxLength", 10**6)]}
-            for name, schema in props.items()
-            if schema.get("type") == "string" and "enum" not in schema and "const" not in schema
-        }
-        numbers = utterance_numbers(text)
-        changed |= {
-            name: {k: v for k, v in schema.items() if k not in ("type", "minimum", "maximum")}
-            | {"enum": [n for n in numbers if schema.get("minimum", -(10**15)) <= n <= schema.get("maximum", 10**15)]}
-            for name, schema in props.items()
-            if schema.get("type") == "integer" and "enum" not in schema and "const" not in schema
-        }
-        changed = {name: schema for name, schema in changed.items() if schema["enum"]}
+        required = set(tool.parameters.get("required") or ())
+        changed = {}
+        for name, schema in props.items():
+            if "enum" in schema or "const" in schema or name in tool.free_text:
+                continue
+            kind = schema.get("type")
+            if kind == "string":
+                low, high = schema.get("minLength", 0), schema.get("maxLength", 10**6)
+                values: list[Any] = [s for s in spans if low <= len(s) <= high]
+                drop = ("type", "minLength", "maxLength")
+            elif kind == "integer":
+                low, high = schema.get("minimum", -(10**15)), schema.get("maximum", 10**15)
+                values = [n for n in numbers if low <= n <= high]
+                drop = ("type", "minimum", "maximum")
+            else:
+                continue
+            default = schema.get("default")
+            if name not in required and default is not None and isinstance(default, str if kind == "string" else int):
+                values = [default, *(v for v in values if v != default)]
+            if values:
+                changed[name] = {k: v for k, v in schema.items() if k not in drop} | {"enum": values}
         out.append(
-            ToolSpec(tool.name, tool.description, {**tool.parameters, "properties": {**props, **changed}})
+            ToolSpec(tool.name, tool.description, {**tool.parameters, "properties": {**props, **changed}},
+                     tool.free_text)  # fmt: skip
             if changed
             else tool
         )
@@ -200,13 +250,21 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def call_probability(session: Any) -> float:
+def call_probability(session: Any, first_turn: str | None = None) -> float:
     """P(the reply starts a tool call), from the model's next-token distribution at the reply's start.
 
-    Opens the reply (closing the user turn) if needed; read-only otherwise."""
+    Opens the reply (closing the user turn) if needed; read-only otherwise. With `first_turn` (the user's
+    words): the probability as if they opened the conversation, the history left out. A small model's
+    P(call) falls ~50x after one answered turn (it copies the conversation's pattern), so a threshold
+    calibrated on single commands only holds where the history is left out; the system prompt's keys
+    and values are computed once and kept (`_continuation_logits`)."""
     session.append_reply([])
-    logits = session.next_token_logits()
     first = _ids(session.tokenizer, CALL_OPEN)[0]
+    if first_turn is None:
+        logits = session.next_token_logits()
+    else:
+        context, said = session.first_turn_tokens(first_turn)
+        logits = _continuation_logits(session.model, context, said)[-1]
     return float(torch.softmax(logits.float(), dim=-1)[first])
 
 
@@ -301,32 +359,39 @@ def channel_scores(
 
 _PREFIXES: OrderedDict[tuple[int, tuple[int, ...]], tuple[Any, torch.Tensor]] = OrderedDict()
 _PREFIXES_LOCK = threading.Lock()
-MAX_PREFIXES = 64  # tools' channel contexts kept prefilled (a few MB each for the 135M model)
+MAX_PREFIXES = 64  # tools' channel contexts and system prompts kept prefilled (a few MB each for the 135M)
 SAID_ROOM = 192  # tokens of utterance a kept prefix has room for; longer ones get a scratch cache
 
 
 def _continuation_log_prob(model: Any, context: list[int], said: list[int]) -> float:
-    """log P(said | context) under `model`. A tool's context does not change between turns, so its keys and
-    values are computed once and kept (the utterance is written after them, overwriting only its own
-    slots): one forward over the utterance's tokens per tool instead of over context + utterance."""
+    """log P(said | context) under `model` (`_continuation_logits`)."""
+    logits = _continuation_logits(model, context, said[:-1], first=True)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return float(logp[torch.arange(len(said)), torch.tensor(said)].sum())
+
+
+def _continuation_logits(model: Any, context: list[int], said: list[int], first: bool = False) -> torch.Tensor:
+    """The logits after each token of `said` written after `context` ([len(said), V]; with `first`, also
+    the logits after the context itself, first). A context (a tool's channel prompt, a system prompt) does
+    not change between turns, so its keys and values are computed once and kept (the words are written
+    after them, overwriting only their own slots): one forward over `said` instead of context + said."""
     key = (id(model), tuple(context))
     with _PREFIXES_LOCK, torch.no_grad():
         kept = _PREFIXES.get(key)
         if kept is None or len(said) > SAID_ROOM:
-            cache = model.new_cache(len(context) + max(SAID_ROOM, len(said)))
-            first = model(torch.tensor(context), cache, 0)[-1]
+            cache = model.new_cache(len(context) + max(SAID_ROOM, len(said) + 1))
+            after_context = model(torch.tensor(context), cache, 0)[-1]
             if len(said) <= SAID_ROOM:
-                _PREFIXES[key] = kept = (cache, first)
+                _PREFIXES[key] = kept = (cache, after_context)
                 while len(_PREFIXES) > MAX_PREFIXES:
                     _PREFIXES.popitem(last=False)
         else:
-            cache, first = kept
+            cache, after_context = kept
             _PREFIXES.move_to_end(key)
-        logits = [first.unsqueeze(0)]
-        if len(said) > 1:
-            logits.append(model(torch.tensor(said[:-1]), cache, len(context)))
-        logp = torch.log_softmax(torch.cat(logits).float(), dim=-1)
-        return float(logp[torch.arange(len(said)), torch.tensor(said)].sum())
+        logits = [after_context.unsqueeze(0)] if first else []
+        if said:
+            logits.append(model(torch.tensor(said), cache, len(context)))
+        return torch.cat(logits)
 
 
 def _name_scores(session: Any, tools: list[ToolSpec]) -> list[float]:

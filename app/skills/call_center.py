@@ -70,7 +70,7 @@ def register_call_center_tools(registry: ToolRegistry, actions: CallActions) -> 
         """
         return actions.request(CallActionKind.TRANSFER, reason)
 
-    @registry.register
+    @registry.register(free_text=("summary",))
     def end_call(summary: str) -> dict:
         """End the call when the caller is done or says goodbye.
 

@@ -1,9 +1,9 @@
 """Tools in the Conversation API with the real default models (SmolLM2-135M, Whisper tiny.en, Piper joe).
 
-The 135M model's own call-or-answer decision almost never picks a call (docs/tools.md), so the tests that are
-about the call path ask for it with `tool_choice` ("required" or a named function), as a Realtime client
-may; the arguments, the tool's name among several and the answer are still the model's. The decision itself
-is checked where the model is reliable: "Say hello." is answered, not called.
+Most tests here are about the call path and ask for a call with `tool_choice` ("required" or a named
+function), as a Realtime client may; the arguments, the tool's name among several and the answer are still
+the model's. The `auto` decision (the compact style's calibrated threshold, llm/tool_format.py
+CALL_POLICIES) is checked on a command and a question far from the threshold on both sides.
 """
 
 from __future__ import annotations
@@ -224,3 +224,28 @@ async def test_set_tools_mid_conversation_keeps_the_history(assistant):
     with pytest.raises(ValueError):
         conv.set_tool_choice({"type": "function", "name": "get_weather"})  # no such tool any more
     await driver.close()
+
+
+async def test_under_auto_the_default_policy_calls_for_a_command_and_answers_a_question(assistant, tmp_path):
+    """No tool_choice forcing: the compact style's calibrated P(call) threshold decides (the argmax alone
+    never calls with SmolLM2), the channel score picks the tool, spans fill it and the unsaid optional
+    values keep their defaults; the row lands in the skill's database."""
+    from app.skills.events import register_event_tools
+    from app.skills.events_db import EventStore
+
+    store = EventStore(tmp_path / "events.db")
+    store.add_guest("picnic", "Emma")
+    conv = assistant.conversation(config(), tools=register_event_tools(ToolRegistry(), store))
+    conv.audio_output = False
+    driver = Driver(conv)
+    await conv.send_text("What is the capital of France?")
+    answer = await driver.wait_for(lambda e: e.type == "reply_done", "answer")
+    assert answer.text.strip() and not driver.of_type("tool_call")
+    await conv.send_text("Add Tom to the picnic.")
+    call = await driver.wait_for(lambda e: e.type == "tool_call", "tool_call")
+    result = await driver.wait_for(lambda e: e.type == "tool_result", "tool_result")
+    await driver.wait_for(lambda e: e.type == "reply_done" and e.reply_id == call.reply_id, "answer")
+    await driver.close()
+    assert call.name == "add_guest" and call.arguments["name"] == "Tom" and call.arguments["event"] == "picnic"
+    assert call.arguments.get("plus_ones", 0) == 0 and result.error is None
+    assert "Tom" in [g["name"] for g in store.event("picnic")["guests"]]

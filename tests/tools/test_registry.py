@@ -66,10 +66,11 @@ def test_schema_from_hints_and_docstring():
     params = spec.parameters
     assert spec.description == "Add a guest to an event."
     assert params["required"] == ["event", "name"]
-    assert params["properties"]["rsvp"] == {"enum": ["yes", "no", "maybe"]}
+    assert params["properties"]["rsvp"] == {"enum": ["yes", "no", "maybe"], "default": "maybe"}
     assert params["properties"]["plus_ones"] == {
         "type": "integer",
         "description": "how many people they bring",
+        "default": 0,
     }
     assert params["properties"]["name"]["description"] == "the guest's name, as they said it"
     assert params["properties"]["diet"] == {"enum": ["none", "vegetarian", None]}
@@ -77,6 +78,19 @@ def test_schema_from_hints_and_docstring():
     jsonschema.Draft202012Validator.check_schema(params)
     for s in tools.specs:  # every generated schema can be enforced by the constrained decoder
         compile_schema(s.parameters)
+
+
+def test_free_text_parameters_are_named_on_the_spec_and_must_be_strings():
+    tools = ToolRegistry()
+
+    @tools.register(free_text=("summary",))
+    def end_call(summary: str, code: int = 0) -> str:
+        """End the call."""
+        return summary
+
+    assert tools.tool("end_call").spec.free_text == ("summary",)
+    with pytest.raises(ToolError, match="not string parameters"):
+        tools.register(end_call, name="again", free_text=("code",))
 
 
 async def test_sync_and_async_calls_results_and_errors():

@@ -109,6 +109,68 @@ def test_utterance_spans_and_numbers():
     assert "Tom" in spans["name"]["enum"] and spans["dietary"] == TOOLS[0].parameters["properties"]["dietary"]
 
 
+def test_spans_leave_free_text_alone_and_offer_an_optional_value_its_default():
+    tool = ToolSpec("add_guest", "Add a guest.", {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "note": {"type": "string"},
+                       "dietary": {"type": "string", "default": ""},
+                       "plus_ones": {"type": "integer", "default": 0}, "table": {"type": "integer"}},
+        "required": ["name", "note", "table"]}, free_text=("note",))  # fmt: skip
+    props = copy_spans([tool], "Add Tom to the picnic")[0].parameters["properties"]
+    assert props["note"] == {"type": "string"}  # the author's free text stays free
+    assert props["dietary"]["enum"][0] == "" and "Tom" in props["dietary"]["enum"]
+    assert props["plus_ones"] == {"default": 0, "enum": [0]}  # no number said: only the default
+    assert props["table"] == {"type": "integer"}  # required, and no number said: left free
+    props = copy_spans([tool], "Add Tom and 2 friends, table 7")[0].parameters["properties"]
+    assert props["plus_ones"]["enum"] == [0, 2, 7] and props["table"]["enum"] == [2, 7]
+
+
+def test_the_compact_default_decides_by_a_calibrated_threshold_and_writes_spans():
+    """SmolLM2 never puts a call's first token first on its own, so under `auto` its argmax would never
+    call: the compact style's default is a threshold, far below 0.5, and the channel choice with spans."""
+    from app.tool_turn import ToolPlan
+    from app.tools import ToolRegistry
+    from llm.tool_format import CALL_POLICIES
+
+    assert 0.0 < CALL_POLICIES["compact"].threshold < 0.01 and CALL_POLICIES["qwen"].threshold is None
+    registry = ToolRegistry()
+
+    @registry.register
+    def add_guest(name: str) -> str:
+        """Add a guest."""
+        return name
+
+    assert ToolPlan(registry).threshold("compact") is None  # no worked examples: the bare listing's argmax
+    registry.add_examples({"add_guest": [("Add Tom.", {"name": "Tom"})]})
+    plan = ToolPlan(registry)
+    assert plan.threshold("compact") == CALL_POLICIES["compact"].threshold and plan.threshold("qwen") is None
+    assert plan.write_call_kwargs("Add Tom", "compact") == {
+        "name_choice": "channel", "spans_from": "Add Tom", "utterance": "Add Tom", "examples": registry.examples}
+    assert plan.write_call_kwargs("Add Tom", "qwen") == {"name_choice": "greedy"}
+    override = ToolPlan(registry, call_threshold=0.2, call_options={"copy_spans": False})
+    assert override.threshold("compact") == 0.2
+    assert "spans_from" not in override.write_call_kwargs("Add Tom", "compact")
+
+
+def test_first_turn_call_probability_leaves_the_history_out(smol, tool_session):
+    """P(call) "as a first turn" after a long history equals P(call) of a new session holding only that
+    turn (what the threshold was calibrated on), and the session itself is left as it was."""
+    from llm.session import Session
+
+    said = "Add Maria to the picnic."
+    fresh = Session(smol, system_prompt=tool_session.system_prompt, seed=0)
+    fresh.extend(said)
+    expected = call_probability(fresh)
+    tool_session.add_turn("What is the capital of France?", "The capital of France is Paris.")
+    tool_session.extend(said)
+    in_history = call_probability(tool_session)  # opens the reply
+    before = tool_session.tokens()
+    assert call_probability(tool_session, first_turn=said) == pytest.approx(expected, rel=1e-3)
+    assert call_probability(tool_session, first_turn=said) == pytest.approx(expected, rel=1e-3)  # kept prefix
+    assert tool_session.tokens() == before and call_probability(tool_session) == pytest.approx(in_history)
+    assert abs(in_history - expected) > 0.1 * expected  # the history does move it: leaving it out matters
+
+
 def test_spans_offer_the_owner_of_a_possessive():
     spans = utterance_spans("Write a toast for Emma's thirtieth birthday.")
     assert "Emma" in spans and "Emma's" in spans and "Emma's thirtieth birthday" in spans
