@@ -45,7 +45,7 @@ ANSWER_EXAMPLES: list[tuple[str, str]] = [("What is two plus two?", "Four.")]
 # P(call) at which the compact format's default (SmolLM2-135M) calls a tool under tool_choice "auto":
 # calibrated by `specvoice bench tools` on its dev commands only (docs/tools.md). SmolLM2 never puts a
 # call's first token first on its own (P 1e-4 .. 3e-2), so its argmax would never call.
-COMPACT_CALL_THRESHOLD = 7.5e-4
+COMPACT_CALL_THRESHOLD = 3.4e-4  # bench tools dev calibration, 2026-12-03 (3.357e-4)
 
 
 @dataclass(frozen=True)
