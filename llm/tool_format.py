@@ -320,10 +320,32 @@ def write_call(
         token = choose_masked(session.next_token_logits(), decoder.mask(), sampling, generator)
         decoder.advance(token)
         session.append_reply([token])
+    call = json.loads(NAME_PREFIX + decoder.text)
+    text = CALL_OPEN + NAME_PREFIX + decoder.text + CALL_CLOSE
+    if spans_from:
+        spec = next(t for t in tools if t.name == call["name"])
+        arguments = drop_repeated_optionals(spec, call["arguments"])
+        if arguments != call["arguments"]:  # the call joins the history as it will run
+            call["arguments"], text = arguments, call_text(call["name"], arguments)
+            session.discard_reply()
+            session.append_reply(_ids(session.tokenizer, text))
+            session.close_reply()
+            return WrittenCall(call["name"], arguments, text)
     session.append_reply(_ids(session.tokenizer, CALL_CLOSE))
     session.close_reply()
-    call = json.loads(NAME_PREFIX + decoder.text)
-    return WrittenCall(call["name"], call["arguments"], CALL_OPEN + NAME_PREFIX + decoder.text + CALL_CLOSE)
+    return WrittenCall(call["name"], call["arguments"], text)
+
+
+def drop_repeated_optionals(tool: ToolSpec, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments without an optional string that repeats another argument's value.
+
+    Under spans every string is a piece of the user's words, and the 135M model fills an optional one
+    the user never gave with a piece already used ("dietary": "picnic" next to "event": "picnic"): the
+    same words cannot be both, so the optional one is left out (its default applies)."""
+    required = set(tool.parameters.get("required") or ())
+    taken = {str(v).strip().lower() for k, v in arguments.items() if k in required and isinstance(v, str)}
+    return {k: v for k, v in arguments.items()
+            if k in required or not isinstance(v, str) or v.strip().lower() not in taken}  # fmt: skip
 
 
 def name_log_likelihoods(session: Any, tools: list[ToolSpec]) -> dict[str, float]:

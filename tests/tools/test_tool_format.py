@@ -13,6 +13,7 @@ from llm.tool_format import (
     call_probability,
     channel_scores,
     copy_spans,
+    drop_repeated_optionals,
     parse_call,
     style_for,
     tool_response,
@@ -169,6 +170,28 @@ def test_first_turn_call_probability_leaves_the_history_out(smol, tool_session):
     assert call_probability(tool_session, first_turn=said) == pytest.approx(expected, rel=1e-3)  # kept prefix
     assert tool_session.tokens() == before and call_probability(tool_session) == pytest.approx(in_history)
     assert abs(in_history - expected) > 0.1 * expected  # the history does move it: leaving it out matters
+
+
+def test_an_optional_span_that_repeats_another_argument_is_left_out(tool_session):
+    """SmolLM2 fills an optional string nobody gave with a span already used ("dietary": "picnic" next to
+    "event": "picnic"); the call is rewritten without it, and the history holds the call as it runs."""
+    guest = ToolSpec("add_guest", "Add a guest to an event, with any dietary needs.", {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "event": {"type": "string"},
+                       "dietary": {"type": "string", "default": ""}},
+        "required": ["name", "event"]})  # fmt: skip
+    assert drop_repeated_optionals(guest, {"name": "Tom", "event": "picnic", "dietary": "Picnic"}) == {
+        "name": "Tom", "event": "picnic"}
+    kept = {"name": "Tom", "event": "picnic", "dietary": "vegan"}
+    assert drop_repeated_optionals(guest, kept) == kept
+    said = "Add Tom to the picnic."
+    tool_session.extend(said)
+    call = write_call(tool_session, [guest], spans_from=said)
+    assert call.arguments.get("dietary", "").lower() not in {call.arguments["name"].lower(),
+                                                             call.arguments["event"].lower()}  # fmt: skip
+    assert tool_session.history[-1]["content"] == call.text and parse_call(call.text) == (call.name, call.arguments)
+    tool_session.extend(tool_response({"ok": True}))
+    assert "".join(d.text for d in tool_session.generate(max_tokens=8)).strip()
 
 
 def test_spans_offer_the_owner_of_a_possessive():
