@@ -236,8 +236,11 @@ def test_trained_head_acceptance_is_far_above_an_untrained_one(smol):
     untrained = random_head(target, trained.draft_vocab.tolist(), seed=0, std=0.02)
     prompts = PROMPTS[:6]
     ours = acceptance(Engine(target, tokenizer, drafter_kind="head", draft_head=trained, k_min=1, k_max=4), prompts)
+    # The control needs fewer prompts: the random head accepted 0 of its ~73 drafts on the first three (0 of
+    # ~160 on all six), so its rate is pinned far below 0.1; the trained head's per-prompt rates spread
+    # (0.08-0.47), so it keeps all six.
     control = acceptance(Engine(target, tokenizer, drafter_kind="head", draft_head=untrained, k_min=1, k_max=4),
-                         prompts)  # fmt: skip
+                         prompts[:3])  # fmt: skip
     print(f"draft head acceptance on held-out prompts: trained {ours:.3f}, untrained {control:.3f}")
     assert control < 0.1
     # The shipped 6-epoch head measured 0.256 here (untrained 0.000): far from the 0.6 goal, far above chance.
